@@ -1,0 +1,21 @@
+"""The `fieldkit` command: one small module per command group, registered here.
+
+Each command imports what it needs inside its function, so `fieldkit --help` stays fast and importing this package
+loads neither torch nor Ray. This package is the one place in fieldkit allowed to import `sandbox` and `services`
+(lazily, inside commands).
+"""
+
+from __future__ import annotations
+
+import typer
+
+from fieldkit.cli import config, demo, model
+
+app = typer.Typer(
+    help="fieldkit-mesh: agentic RL fine-tuning with LoRA on one GPU box, scaled out on Ray.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(config.app, name="config")
+app.add_typer(model.app, name="model")
+app.command("demo")(demo.demo)

@@ -1,0 +1,1 @@
+"""ClawGym: tasks, workspaces, the assertion grader, the agent protocol and the Episode/Turn records."""

@@ -1,0 +1,1 @@
+"""Sandboxes: one interface, backends docker / bubblewrap / local. Never imports Ray."""

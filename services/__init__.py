@@ -1,0 +1,1 @@
+"""The mesh: Ray actors and apps, each a thin shell around fieldkit logic."""

@@ -1,0 +1,78 @@
+"""Start or connect to Ray.
+
+Embedded default: a local cluster started in-process, its dashboard (and Jobs API) on 127.0.0.1:8265. Ray 2.60 runs
+local clusters with token authentication: `ray.init()` writes the token to ~/.ray/auth_token, and every client
+(`ray job submit`, the Jobs SDK, the dashboard's HTTP API) must run with RAY_AUTH_MODE=token to send it. We keep
+auth on and hand clients the environment they need (`client_env`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray
+
+DASHBOARD_HOST = "127.0.0.1"
+DASHBOARD_PORT = 8265
+AUTH_TOKEN_PATH = Path.home() / ".ray" / "auth_token"
+
+
+@dataclass(frozen=True)
+class ClusterInfo:
+    address: str
+    dashboard_url: str
+    started_here: bool
+
+
+def connect(address: str | None = None, *, num_cpus: int | None = None) -> ClusterInfo:
+    """Connect to `address` (or $RAY_ADDRESS); with neither, start a local cluster in this process.
+
+    A driver launched by `ray job submit` finds $RAY_ADDRESS set by Ray and joins that cluster.
+    """
+    address = address or os.environ.get("RAY_ADDRESS")
+    if ray.is_initialized():
+        context = ray.get_runtime_context()
+        return ClusterInfo(context.gcs_address, _dashboard_url(), started_here=False)
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return ClusterInfo(ray.get_runtime_context().gcs_address, _dashboard_url(), started_here=False)
+    ray.init(
+        num_cpus=num_cpus,
+        include_dashboard=True,
+        dashboard_host=DASHBOARD_HOST,
+        dashboard_port=DASHBOARD_PORT,
+        log_to_driver=True,
+    )
+    return ClusterInfo(ray.get_runtime_context().gcs_address, _dashboard_url(), started_here=True)
+
+
+def _dashboard_url() -> str:
+    url = ray.get_runtime_context().dashboard_url if hasattr(ray.get_runtime_context(), "dashboard_url") else ""
+    if not url:
+        url = ray.worker.get_dashboard_url() or f"{DASHBOARD_HOST}:{DASHBOARD_PORT}"
+    return url if url.startswith("http") else f"http://{url}"
+
+
+def ensure_auth_token() -> Path:
+    """Make sure the cluster token exists (what `ray start --head` needs first); returns its path."""
+    if not AUTH_TOKEN_PATH.exists() and not os.environ.get("RAY_AUTH_TOKEN"):
+        ray_cli = shutil.which("ray", path=os.path.dirname(sys.executable)) or "ray"
+        subprocess.run([ray_cli, "get-auth-token", "--generate"], check=True, capture_output=True)
+    return AUTH_TOKEN_PATH
+
+
+def client_env(base: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for Ray CLIs (`ray start`, `ray job submit`) against a token-auth cluster.
+
+    This interpreter's bin directory goes first on PATH so that a head started with it runs job entrypoints
+    (`python -m services.train`) with the project's virtual environment.
+    """
+    env = dict(os.environ if base is None else base)
+    env["RAY_AUTH_MODE"] = "token"
+    env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
+    return env

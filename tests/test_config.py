@@ -1,0 +1,107 @@
+"""RunConfig: every shipped config validates; bad input names the field, the value and what is allowed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fieldkit.config import ConfigError, RunConfig, field_reasons
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIGS = sorted((REPO / "deploy" / "configs").glob("*.yaml"))
+
+
+def problems(text: str) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        RunConfig.from_yaml_text(text, source="t.yaml")
+    return info.value.problems
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_configs_validate(path: Path) -> None:
+    cfg = RunConfig.from_yaml(path)
+    assert cfg.run_name
+
+
+def test_empty_file_gives_the_documented_defaults() -> None:
+    cfg = RunConfig.from_yaml_text("")
+    assert cfg == RunConfig()
+    assert cfg.rollout.max_turns == 12 and cfg.eval.temperature == 0.2
+
+
+def test_broken_yaml_reports_line_and_column() -> None:
+    (line,) = problems("model:\n  name_or_path: tiny\n  dtype: [bfloat16\n")
+    assert line.startswith("YAML syntax error at line")
+
+
+def test_unknown_key_names_dotted_field_and_allowed_keys() -> None:
+    (line,) = problems("rollout:\n  max_turn: 5\n")
+    assert line.startswith("rollout.max_turn: unknown key")
+    assert "max_turns" in line and "group_size" in line
+
+
+def test_wrong_type_names_field_value_and_rule() -> None:
+    (line,) = problems("rollout:\n  group_size: many\n")
+    assert line.startswith("rollout.group_size = 'many'") and "integer" in line
+
+
+def test_literal_lists_the_allowed_values() -> None:
+    (line,) = problems("algorithm:\n  name: ppo\n")
+    assert "algorithm.name = 'ppo'" in line and "'grpo'" in line and "'a2tgpo'" in line
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    lines = problems("seed: -1\nsandbox:\n  backend: vm\neval:\n  every_n_steps: 0\n")
+    assert [line.split(" ")[0] for line in lines] == ["seed", "sandbox.backend", "eval.every_n_steps"]
+
+
+def test_cross_field_rules_name_the_section() -> None:
+    (rank,) = problems("lora:\n  rank: 128\n  max_lora_rank: 64\n")
+    assert rank.startswith("lora = ") and "max_lora_rank 64" in rank
+    (gpu,) = problems("resources:\n  engine_gpu_fraction: 0.7\n  learner_gpu_fraction: 0.5\n")
+    assert "> 1" in gpu
+
+
+def test_top_level_must_be_a_mapping() -> None:
+    (line,) = problems("- a\n- b\n")
+    assert "mapping" in line
+
+
+def test_every_field_has_a_reason() -> None:
+    missing = [field for field, reason in field_reasons().items() if not reason]
+    assert missing == []
+
+
+def test_config_hash_changes_with_content_only() -> None:
+    assert RunConfig().config_hash() == RunConfig.from_yaml_text("seed: 0").config_hash()
+    assert RunConfig().config_hash() != RunConfig.from_yaml_text("seed: 1").config_hash()
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "fieldkit.cli", *args], capture_output=True, text=True, cwd=REPO)
+
+
+def test_cli_validate_ok_and_errors(tmp_path: Path) -> None:
+    ok = run_cli("config", "validate", str(CONFIGS[0]))
+    assert ok.returncode == 0, ok.stderr
+    assert "ok" in ok.stdout
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rollout:\n  max_turn: 5\n  group_size: x\n")
+    result = run_cli("config", "validate", str(bad))
+    assert result.returncode == 2
+    assert "rollout.max_turn: unknown key" in result.stderr
+    assert "rollout.group_size = 'x'" in result.stderr
+
+    missing = run_cli("config", "validate", str(tmp_path / "nope.yaml"))
+    assert missing.returncode == 2 and "cannot read file" in missing.stderr
+
+
+def test_cli_help_lists_the_commands() -> None:
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for command in ("config", "model", "demo"):
+        assert command in result.stdout

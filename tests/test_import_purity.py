@@ -1,0 +1,25 @@
+"""House rule: importing fieldkit loads no torch, Ray or vLLM; sandbox never loads Ray."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+HEAVY = ("torch", "ray", "vllm")
+
+
+def loaded_after(statement: str) -> list[str]:
+    code = f"{statement}\nimport sys\nprint(' '.join(m for m in {HEAVY!r} if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return result.stdout.split()
+
+
+@pytest.mark.parametrize("modules", ["fieldkit, fieldkit.config, fieldkit.cli, fieldkit.tiny_model"])
+def test_fieldkit_imports_no_heavy_runtime(modules: str) -> None:
+    assert loaded_after(f"import {modules}") == []
+
+
+def test_sandbox_imports_no_ray() -> None:
+    assert "ray" not in loaded_after("import sandbox")
