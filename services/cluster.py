@@ -35,27 +35,21 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> Clust
     A driver launched by `ray job submit` finds $RAY_ADDRESS set by Ray and joins that cluster.
     """
     address = address or os.environ.get("RAY_ADDRESS")
-    if ray.is_initialized():
-        context = ray.get_runtime_context()
-        return ClusterInfo(context.gcs_address, _dashboard_url(), started_here=False)
-    if address:
-        ray.init(address=address, log_to_driver=True)
-        return ClusterInfo(ray.get_runtime_context().gcs_address, _dashboard_url(), started_here=False)
-    ray.init(
-        num_cpus=num_cpus,
-        include_dashboard=True,
-        dashboard_host=DASHBOARD_HOST,
-        dashboard_port=DASHBOARD_PORT,
-        log_to_driver=True,
-    )
-    return ClusterInfo(ray.get_runtime_context().gcs_address, _dashboard_url(), started_here=True)
-
-
-def _dashboard_url() -> str:
-    url = ray.get_runtime_context().dashboard_url if hasattr(ray.get_runtime_context(), "dashboard_url") else ""
-    if not url:
-        url = ray.worker.get_dashboard_url() or f"{DASHBOARD_HOST}:{DASHBOARD_PORT}"
-    return url if url.startswith("http") else f"http://{url}"
+    dashboard = f"{DASHBOARD_HOST}:{DASHBOARD_PORT}"
+    started_here = False
+    if not ray.is_initialized():
+        if address:
+            context = ray.init(address=address)
+        else:
+            context = ray.init(
+                num_cpus=num_cpus,
+                include_dashboard=True,
+                dashboard_host=DASHBOARD_HOST,
+                dashboard_port=DASHBOARD_PORT,
+            )
+            started_here = True
+        dashboard = context.dashboard_url or dashboard
+    return ClusterInfo(ray.get_runtime_context().gcs_address, f"http://{dashboard}", started_here)
 
 
 def ensure_auth_token() -> Path:

@@ -8,13 +8,71 @@ delta; loss mask 0) followed by `turn.response_token_ids` (what the model sample
 
 from __future__ import annotations
 
+from pathlib import PurePosixPath
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class Record(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+def check_workspace_path(path: str) -> str:
+    """A workspace-relative POSIX path: not absolute, no `..`, not empty. Raises ValueError naming the path."""
+    parts = PurePosixPath(path).parts
+    if not path or path.startswith("/") or ".." in parts or "\\" in path or "\x00" in path:
+        raise ValueError(f"path {path!r} must be relative to the workspace, without '..'")
+    return path
+
+
+class WorkspaceFile(Record):
+    """One file of a task's seeded workspace: text with its content, or a zero-filled binary stub of a size."""
+
+    path: str
+    kind: Literal["text", "binary-stub"] = "text"
+    content: str | None = None
+    size: int | None = Field(None, ge=0)
+
+    @field_validator("path")
+    @classmethod
+    def _relative_path(cls, path: str) -> str:
+        return check_workspace_path(path)
+
+    @model_validator(mode="after")
+    def _content_matches_kind(self) -> WorkspaceFile:
+        if self.kind == "text" and self.content is None:
+            raise ValueError(f"{self.path}: a text file needs content")
+        if self.kind == "binary-stub" and self.size is None:
+            raise ValueError(f"{self.path}: a binary-stub needs a size")
+        return self
+
+
+class WorkspaceSeed(Record):
+    files: list[WorkspaceFile] = Field(default_factory=list)
+
+
+class SnapshotEntry(Record):
+    """One path of a workspace as it was at the end of an episode. Symlinks are recorded, never followed."""
+
+    model_config = ConfigDict(extra="forbid", ser_json_bytes="base64", val_json_bytes="base64")
+    path: str
+    kind: Literal["file", "dir", "symlink"]
+    size: int = 0
+    data: bytes | None = None  # file bytes up to the snapshot cap; None for dirs, symlinks and capped files
+    truncated: bool = False  # the file was larger than the cap; `data` holds its first cap bytes
+    link_target: str | None = None
+
+
+class WorkspaceSnapshot(Record):
+    """A workspace as data, so the grader can read it on another node."""
+
+    entries: list[SnapshotEntry] = Field(default_factory=list)
+    cap_bytes: int
+
+    def entry(self, path: str) -> SnapshotEntry | None:
+        wanted = PurePosixPath(path).as_posix()
+        return next((e for e in self.entries if e.path == wanted), None)
 
 
 class ExecResult(Record):
