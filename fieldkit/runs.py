@@ -1,0 +1,123 @@
+"""The run directory: where a training run writes everything before it uses it, so it can resume.
+
+Layout under runs/<run_name>/:
+    config.yaml                    the RunConfig the run started with
+    steps/<step>/episodes.jsonl    the step's graded episodes, written before advantages are computed
+    steps/<step>/metrics.json      the step's metrics, written after the learner step
+    gates/<step>/episodes.jsonl    held-out gate episodes
+    checkpoints/<step>/            adapter + learner state; `state.json` inside is written last
+    latest.json                    the newest complete checkpoint (written after it is complete)
+    best/                          the adapter chosen on held-out score only
+
+Every file is written to a temporary name, flushed and renamed, so a reader never sees half a file; a disk that is
+nearly full stops the run with a clear message before anything is half-written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from fieldkit.gym.records import Episode
+
+MIN_FREE_BYTES = 64 << 20  # refuse to start a write with less free space than this
+
+
+class DiskFullError(RuntimeError):
+    """The run directory's disk is (nearly) full; the run stopped cleanly before writing."""
+
+
+def ensure_free_space(path: Path, needed_bytes: int = 0, minimum: int = MIN_FREE_BYTES) -> None:
+    free = shutil.disk_usage(path).free
+    if free < needed_bytes + minimum:
+        raise DiskFullError(
+            f"only {free / 2**20:.1f} MiB free under {path}; need {(needed_bytes + minimum) / 2**20:.1f} MiB. "
+            "Free space and resume with --resume: nothing was half-written."
+        )
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_free_space(path.parent, len(data))
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+
+
+def atomic_write_jsonl(path: Path, records: Iterable[BaseModel]) -> None:
+    atomic_write_bytes(path, "".join(r.model_dump_json() + "\n" for r in records).encode())
+
+
+def read_episodes(path: Path) -> list[Episode]:
+    with open(path) as handle:
+        return [Episode.model_validate_json(line) for line in handle if line.strip()]
+
+
+def step_name(step: int) -> str:
+    return f"{step:06d}"
+
+
+class RunDir:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def step_episodes(self, step: int) -> Path:
+        return self.root / "steps" / step_name(step) / "episodes.jsonl"
+
+    def step_metrics(self, step: int) -> Path:
+        return self.root / "steps" / step_name(step) / "metrics.json"
+
+    def gate_episodes(self, step: int) -> Path:
+        return self.root / "gates" / step_name(step) / "episodes.jsonl"
+
+    def checkpoint(self, step: int) -> Path:
+        return self.root / "checkpoints" / step_name(step)
+
+    @property
+    def latest(self) -> Path:
+        return self.root / "latest.json"
+
+    @property
+    def best(self) -> Path:
+        return self.root / "best"
+
+    def latest_checkpoint(self) -> tuple[int, Path] | None:
+        """The newest checkpoint whose state.json exists (a crash mid-save leaves none)."""
+        if not self.latest.exists():
+            return None
+        step = json.loads(self.latest.read_text())["step"]
+        path = self.checkpoint(step)
+        if not (path / "state.json").exists():
+            raise FileNotFoundError(f"{self.latest} points at step {step} but {path}/state.json is missing")
+        return step, path
+
+    def mark_latest(self, step: int) -> None:
+        atomic_write_json(self.latest, {"step": step, "path": str(self.checkpoint(step))})
+
+
+def sample_tasks(train_ids: Sequence[str], seed: int, step: int, n: int) -> list[str]:
+    """The tasks of a step: a pure function of (seed, step), so a resumed run samples exactly what it would have."""
+    if not train_ids:
+        raise ValueError("the training split is empty")
+    rng = random.Random(f"{seed}:{step}")
+    ordered = sorted(train_ids)
+    if n <= len(ordered):
+        return rng.sample(ordered, n)
+    return [rng.choice(ordered) for _ in range(n)]
