@@ -58,14 +58,102 @@ class LoraConfig(Section):
         return self
 
 
+# Each algorithm name is a preset of the knobs below, applied to the keys a config leaves out (explicit keys win).
+# The field defaults are the grpo preset. Sources: REFERENCE.md §2-4; the README's "Algorithms" section explains them.
+ALGORITHM_PRESETS: dict[str, dict[str, Any]] = {
+    "grpo": {},
+    "dr_grpo": {"advantage": "dr_grpo", "aggregation": "seq-mean-token-sum-norm"},
+    "dapo": {
+        "aggregation": "token-mean",
+        "kl_beta": 0.0,
+        "clip_eps_high": 0.28,
+        "drop_zero_signal_groups": True,
+    },
+    "gspo": {"loss": "gspo", "kl_beta": 0.0, "clip_eps_low": 3e-4, "clip_eps_high": 4e-4},
+    "t2po": {"advantage": "gigpo_step", "think_cap_tokens": 450, "turn_dynamic_sampling": True},
+    "a2tgpo": {
+        "advantage": "a2tgpo",
+        "loss": "turn_clip",
+        "aggregation": "token-mean",
+        "kl_beta": 0.0,
+        "clip_eps_low": 3e-3,
+        "clip_eps_high": 4e-3,
+    },
+}
+
+
 class AlgorithmConfig(Section):
-    name: Literal["grpo", "dr_grpo", "dapo", "gspo", "t2po", "a2tgpo"] = Field("grpo", description="advantage+loss")
+    name: Literal["grpo", "dr_grpo", "dapo", "gspo", "t2po", "a2tgpo"] = Field(
+        "grpo", description="preset of advantage, loss, aggregation, KL and clip knobs; explicit keys override it"
+    )
+    advantage: Literal["grpo", "dr_grpo", "gigpo_step", "a2tgpo"] = Field(
+        "grpo", description="advantage estimator (fieldkit.rl registry); preset of name"
+    )
+    loss: Literal["reinforce", "ppo_clip", "gspo", "turn_clip"] = Field(
+        "ppo_clip",
+        description="ppo_clip equals the reference's REINFORCE on-policy and guards stale rollouts; preset of name",
+    )
+    aggregation: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"] = Field(
+        "seq-mean-token-mean", description="how token losses become one number; GRPO's 1/G sum 1/|o_i|; preset of name"
+    )
     learning_rate: float = Field(1e-5, gt=0, description="the reference's scripts used 1e-5 for GRPO on LoRA")
-    kl_beta: float = Field(0.04, ge=0, description="k3 KL weight against the frozen SFT-init reference")
+    kl_beta: float = Field(
+        0.04, ge=0, description="k3 KL weight against the frozen SFT-init reference (reference scripts); 0 skips it"
+    )
+    clip_eps_low: float = Field(0.2, gt=0, lt=1, description="lower ratio clip (PPO/GRPO 0.2); preset of name")
+    clip_eps_high: float = Field(0.2, gt=0, description="upper ratio clip (DAPO's clip-higher 0.28); preset of name")
+    std: Literal["unbiased", "population"] = Field(
+        "unbiased", description="group std of reward z-scores: unbiased as torch.std in TRL/verl; population as numpy"
+    )
+    adv_eps: float = Field(1e-6, gt=0, description="added to every z-score's std; a std below it means no signal")
+    drop_zero_signal_groups: bool = Field(
+        False, description="leave out groups whose rewards are all equal (DAPO's dynamic sampling); preset of name"
+    )
+    norm_length: int | None = Field(
+        None, ge=1, description="Dr.GRPO's constant L_max; None = rollout.max_turns * rollout.max_tokens_per_turn"
+    )
+    traj_weight: float = Field(1.0, ge=0, description="T2PO alpha: weight of the trajectory (GRPO) advantage")
+    step_weight: float = Field(1.0, ge=0, description="T2PO beta: weight of the per-turn step-success advantage")
+    think_cap_tokens: int | None = Field(
+        None, ge=1, description="T2PO's per-turn token cap (450); None = rollout.max_tokens_per_turn; preset of name"
+    )
+    turn_dynamic_sampling: bool = Field(
+        False, description="T2PO's TDS: regenerate a turn whose entropy barely moved; preset of name"
+    )
+    tds_eta: float = Field(0.3, gt=0, description="TDS regenerates when 0 < |H_t - H_{t-1}| < eta (T2PO: 0.3)")
+    tds_max_regenerations: int = Field(2, ge=0, description="TDS retries per turn at most (T2PO: 2)")
+    tds_top_logprobs: int = Field(20, ge=1, le=20, description="H_t comes from the top-k log-probs renormalised")
+    info_gain_source: Literal["oracle", "progress"] = Field(
+        "oracle",
+        description="A2TGPO gain: oracle = policy score of the remaining reference solution; progress = pass fraction",
+    )
+    info_gain_form: Literal["logprob", "prob"] = Field(
+        "logprob", description="A2TGPO oracle gain: mean log-prob difference (released code) or probability (paper)"
+    )
+    ig_alpha: float = Field(0.3, ge=0, description="A2TGPO weight of the accumulated gain: 0.3 released code, 1 paper")
+    ig_gamma: float = Field(1.0, ge=0, le=1, description="A2TGPO discount of later turns' gains (1 in both sources)")
+    clip_scale_beta: float = Field(0.3, ge=0, lt=1, description="A2TGPO clip scale c = 1 + beta(2 sigmoid(ig) - 1)")
     epochs_per_step: int = Field(1, ge=1, description="one on-policy epoch, as in the reference")
     grad_clip: float = Field(1.0, gt=0, description="global grad-norm clip")
     micro_batch_tokens: int = Field(4096, ge=64, description="token budget per micro-batch (grad accumulation)")
     reward: Literal["binary", "shaped"] = Field("shaped", description="shaped = pass fraction - 0.2*turn fraction")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            preset = (
+                ALGORITHM_PRESETS.get(data.get("name", "grpo"), {}) if isinstance(data.get("name", ""), str) else {}
+            )
+            return {**preset, **data}
+        return data
+
+
+class SftConfig(Section):
+    learning_rate: float = Field(2e-4, gt=0, description="the reference's LoRA SFT learning rate")
+    epochs: int = Field(1, ge=1, description="one epoch, as in the reference SFT run")
+    batch_size: int = Field(4, ge=1, description="sequences per optimizer step")
+    max_length: int = Field(4096, ge=16, description="longer examples are truncated from the end")
 
 
 class RolloutConfig(Section):
@@ -87,6 +175,10 @@ class SandboxConfig(Section):
     pids: int = Field(128, ge=8, description="process limit per sandbox (stops fork bombs)")
     workspace_mb: int = Field(64, ge=1, description="size limit of the writable workspace")
     output_cap_bytes: int = Field(1 << 20, ge=1024, description="per-stream output kept; the rest is dropped")
+    cpu_seconds: int = Field(60, ge=1, description="CPU time per process (RLIMIT_CPU); the wall timeout comes first")
+    cpus: float = Field(1.0, gt=0, description="CPU share of one docker sandbox, so one episode cannot starve the rest")
+    max_concurrent_execs: int = Field(8, ge=1, description="commands a pool runs at once on its host (caps CPU use)")
+    snapshot_cap_bytes: int = Field(1 << 20, ge=0, description="bytes of each file a workspace snapshot carries")
 
 
 class EvalConfig(Section):
@@ -125,6 +217,7 @@ class RunConfig(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     lora: LoraConfig = Field(default_factory=LoraConfig)
     algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
+    sft: SftConfig = Field(default_factory=SftConfig)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
