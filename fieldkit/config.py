@@ -142,9 +142,8 @@ class AlgorithmConfig(Section):
     @classmethod
     def _apply_preset(cls, data: Any) -> Any:
         if isinstance(data, dict):
-            preset = (
-                ALGORITHM_PRESETS.get(data.get("name", "grpo"), {}) if isinstance(data.get("name", ""), str) else {}
-            )
+            name = data.get("name", "grpo")
+            preset = ALGORITHM_PRESETS.get(name, {}) if isinstance(name, str) else {}
             return {**preset, **data}
         return data
 
