@@ -1,1 +1,40 @@
-"""Sandboxes: one interface, backends docker / bubblewrap / local. Never imports Ray."""
+"""Sandboxes: one interface, backends docker / bubblewrap / local. Never imports Ray.
+
+`create_sandbox(seed)` picks the strongest backend this machine runs (`auto`: docker if an engine answers, else
+bubblewrap if it can create namespaces here, else the non-isolating local backend, with a warning).
+"""
+
+from __future__ import annotations
+
+from fieldkit.gym.records import WorkspaceSeed
+from sandbox.base import DEFAULT_SNAPSHOT_CAP_BYTES, Sandbox, SandboxError
+from sandbox.limits import SandboxLimits
+from sandbox.probe import BACKENDS, available_backends, resolve_backend
+
+__all__ = [
+    "BACKENDS",
+    "DEFAULT_SNAPSHOT_CAP_BYTES",
+    "Sandbox",
+    "SandboxError",
+    "SandboxLimits",
+    "available_backends",
+    "create_sandbox",
+    "resolve_backend",
+]
+
+
+def create_sandbox(seed: WorkspaceSeed, backend: str = "auto", limits: SandboxLimits | None = None) -> Sandbox:
+    """A new sandbox with `seed` written into its workspace. backend: auto | docker | bwrap | local."""
+    limits = limits or SandboxLimits()
+    name = resolve_backend(backend)
+    if name == "docker":
+        from sandbox.container import DockerSandbox
+
+        return DockerSandbox(seed, limits)
+    if name == "bwrap":
+        from sandbox.bwrap import BwrapSandbox
+
+        return BwrapSandbox(seed, limits)
+    from sandbox.local import LocalSandbox
+
+    return LocalSandbox(seed, limits)

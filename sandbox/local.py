@@ -1,0 +1,48 @@
+"""The `local` backend: a plain subprocess in a temp dir. It does NOT isolate anything.
+
+For machines with neither a Docker engine nor bubblewrap. Commands run as this process's user with the host's
+tools, network and files in reach; only the wall timeout (the process group is killed), the output caps and the
+per-process rlimits hold. `auto` never picks it while an isolating backend works, and creating one logs a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from fieldkit.gym.records import ExecResult, WorkspaceSeed
+from sandbox.base import WorkspaceSandbox
+from sandbox.limits import SandboxLimits, bash_argv
+from sandbox.process import run_process
+
+log = logging.getLogger(__name__)
+
+HOST_PATH = "/usr/local/bin:/usr/bin:/bin"  # the system tools, not this interpreter's virtualenv or pyenv shims
+
+
+class LocalSandbox(WorkspaceSandbox):
+    backend = "local"
+
+    def __init__(self, seed: WorkspaceSeed, limits: SandboxLimits) -> None:
+        log.warning(
+            "sandbox backend 'local' does NOT isolate: commands run as uid %d with this host's files and network. "
+            "Install bubblewrap or start a Docker engine before pointing a model at it.",
+            os.getuid(),
+        )
+        super().__init__(seed, limits, owner_uid=None)
+
+    def exec(self, command: str, timeout: float) -> ExecResult:
+        self._check_open()
+        env = {
+            "PATH": HOST_PATH,
+            "HOME": str(self.workspace.files),
+            "TMPDIR": str(self.workspace.tmp),
+            "LANG": "C.UTF-8",
+        }
+        argv = bash_argv(command, self.limits, per_uid_processes=False, address_space=True)
+        outcome = run_process(
+            argv, timeout=timeout, output_cap=self.limits.output_cap_bytes, cwd=str(self.workspace.files), env=env
+        )
+        # bash execs a lone simple command, so a negative code is the command itself dying of a signal: report
+        # it as bash would (128 + signal), as the isolating backends do.
+        return outcome.result(outcome.returncode if outcome.returncode >= 0 else 128 - outcome.returncode)
