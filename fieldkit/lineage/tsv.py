@@ -82,9 +82,10 @@ def read_tsv(path: Path, run_id: str, metric_name: str = "core_metric", directio
         )
     trials: list[Trial] = []
     first_line: dict[str, int] = {}
-    line = 1
+    last_line = 1  # a row's cells may hold quoted newlines, so rows and file lines drift apart
     for cells in rows[1:]:
-        line += 1 + sum(cell.count("\n") for cell in cells)
+        line = last_line + 1
+        last_line = line + sum(cell.count("\n") for cell in cells)
         if not any(cells):
             continue
         if len(cells) != len(header):
