@@ -108,6 +108,7 @@ class GradeResult(Record):
     n_total: int
     assertions: list[AssertionResult] = Field(default_factory=list)
     score: float = Field(description="0.7*code + 0.3*rubric where rubric items exist, else n_passed/n_total")
+    rubric_score: float | None = None  # the judge's mean rubric score, when the task has rubric items and was judged
 
 
 StopReason = Literal["task_complete", "max_turns", "agent_error", "parse_error", "failed"]
