@@ -16,7 +16,14 @@ def loaded_after(statement: str) -> list[str]:
     return result.stdout.split()
 
 
-@pytest.mark.parametrize("modules", ["fieldkit, fieldkit.config, fieldkit.cli, fieldkit.tiny_model"])
+@pytest.mark.parametrize(
+    "modules",
+    [
+        "fieldkit, fieldkit.config, fieldkit.cli, fieldkit.tiny_model",
+        "fieldkit.rl.advantages, fieldkit.rl.batch, fieldkit.rl.losses, fieldkit.rl.tds",
+        "fieldkit.training.logprobs",
+    ],
+)
 def test_fieldkit_imports_no_heavy_runtime(modules: str) -> None:
     assert loaded_after(f"import {modules}") == []
 
