@@ -58,15 +58,19 @@ class WorkspaceSandbox(Sandbox):
     """A sandbox whose workspace is a host directory bound in (every backend here): seeding, wiping and
     snapshots are host-side file operations. Subclasses run commands and say how to stop leftover processes."""
 
-    def __init__(self, seed: WorkspaceSeed, limits: SandboxLimits, owner_uid: int | None) -> None:
+    def __init__(self, seed: WorkspaceSeed, limits: SandboxLimits) -> None:
         self.limits = limits
-        self.workspace = Workspace(limits.workspace_mb, owner_uid)
+        self.workspace = Workspace(limits.workspace_mb, self._workspace_owner)
         self.closed = False
         try:
             self.workspace.seed(seed)
         except BaseException:
             self.workspace.remove()
             raise
+
+    def _workspace_owner(self, slot: int) -> int | None:
+        """The host uid the commands run as (root hosts only), given the workspace's slot; None: this user."""
+        return None
 
     def _stop_processes(self) -> None:
         """Kill whatever the sandbox still runs; backends whose commands cannot outlive `exec` need nothing."""

@@ -50,5 +50,11 @@ def bash_argv(
     if address_space:
         flags.append(f"-v {limits.memory_mb * 1024}")
     ulimit = f"ulimit -H -S {' '.join(flags)} || exit 125"
-    run = f'/bin/bash -c "$1"; rc=$?; {then}; exit $rc' if then else 'exec /bin/bash -c "$1"'
+    # With `then`, the wrapper outlives the command; its own stderr goes to /dev/null so that it does not add
+    # "line 1: 26 Killed ..." job reports to the command's output (the command keeps the real stderr, fd 3).
+    run = (
+        f'exec 3>&2 2>/dev/null; /bin/bash -c "$1" 2>&3 3>&-; rc=$?; {then}; exit $rc'
+        if then
+        else 'exec /bin/bash -c "$1"'
+    )
     return ["/bin/bash", "-c", f"{ulimit}; {run}", "sandbox", command]

@@ -29,7 +29,7 @@ class LocalSandbox(WorkspaceSandbox):
             "Install bubblewrap or start a Docker engine before pointing a model at it.",
             os.getuid(),
         )
-        super().__init__(seed, limits, owner_uid=None)
+        super().__init__(seed, limits)
 
     def exec(self, command: str, timeout: float) -> ExecResult:
         self._check_open()

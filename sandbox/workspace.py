@@ -53,12 +53,13 @@ def _unmount(path: Path) -> None:
 
 
 class Workspace:
-    """Host directories of one sandbox. `owner_uid` (root only) owns the seeded files, as the sandbox user."""
+    """Host directories of one sandbox. As root, `owner_for_slot(slot)` names the host uid that owns the workspace
+    and what is seeded into it (the uid the sandbox's commands run as); None leaves it to this process's user."""
 
-    def __init__(self, limit_mb: int, owner_uid: int | None = None) -> None:
+    def __init__(self, limit_mb: int, owner_for_slot: Callable[[int], int | None] = lambda slot: None) -> None:
         self.limit_bytes = limit_mb << 20
-        self.owner_uid = owner_uid if os.geteuid() == 0 else None
         self.slot, self.root = self._claim_slot()
+        self.owner_uid = owner_for_slot(self.slot) if os.geteuid() == 0 else None
         self.size_enforced = False
         if os.geteuid() == 0:
             try:

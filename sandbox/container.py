@@ -1,0 +1,150 @@
+"""The `docker` backend: one long-lived container per sandbox, one `docker exec` per command (the Docker SDK).
+
+The container: the FROM-scratch image of `sandbox.image` (built offline on first use), network `none`, read-only
+root, `cap-drop ALL`, `no-new-privileges`, a pids limit, a memory limit with no swap, a CPU share, and the host
+workspace bound at /workspace and /tmp (the only writable places; a size-limited tmpfs on the host when root).
+Its pid 1 is Docker's init (tini, reaps orphans) over `sleep infinity`, run as uid 65533 ("keepalive").
+Commands run as uid 65532 ("sandbox"), which cannot signal uid 65533: after each command the wrapper shell runs
+`kill -KILL -1`, ending everything the command left behind (background jobs, `setsid` escapees) while the
+container lives on. On timeout the same kill is sent from a second exec, which ends the first one: the command is
+really stopped, and exec returns exit 124.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import select
+import time
+from typing import Any
+
+from fieldkit.gym.records import ExecResult, WorkspaceSeed
+from sandbox.base import SandboxError, WorkspaceSandbox
+from sandbox.image import KEEPALIVE_UID, SANDBOX_UID, ensure_image
+from sandbox.limits import SandboxLimits, bash_argv
+from sandbox.process import CappedStream, ProcessOutcome
+
+KILL_ALL = "kill -KILL -1 2>/dev/null"  # every process of the sandbox uid but the caller; never the keepalive uid
+KILL_GRACE_S = 5.0  # after the timeout kill, how long the exec stream may take to close
+LABEL = "fieldkit.sandbox"
+SANDBOX_USER = f"{SANDBOX_UID}:{SANDBOX_UID}"
+
+
+class DockerSandbox(WorkspaceSandbox):
+    backend = "docker"
+
+    def __init__(self, seed: WorkspaceSeed, limits: SandboxLimits) -> None:
+        import docker
+        from docker.types import Mount
+
+        self.client = docker.from_env(timeout=60)
+        self.api = self.client.api
+        image = ensure_image(self.client)
+        super().__init__(seed, limits)
+        try:
+            self.container = self.client.containers.run(
+                image,
+                ["/usr/bin/sleep", "infinity"],
+                detach=True,
+                init=True,
+                user=f"{KEEPALIVE_UID}:{KEEPALIVE_UID}",
+                network_mode="none",
+                read_only=True,
+                cap_drop=["ALL"],
+                security_opt=["no-new-privileges"],
+                pids_limit=limits.pids,
+                mem_limit=f"{limits.memory_mb}m",
+                memswap_limit=f"{limits.memory_mb}m",
+                nano_cpus=int(limits.cpus * 1e9),
+                shm_size="1m",
+                hostname="sandbox",
+                working_dir="/workspace",
+                mounts=[
+                    Mount("/workspace", str(self.workspace.files), type="bind"),
+                    Mount("/tmp", str(self.workspace.tmp), type="bind"),
+                ],
+                labels={LABEL: str(self.workspace.slot)},
+            )
+        except Exception as exc:
+            self.workspace.remove()
+            raise SandboxError(f"docker sandbox could not start: {exc}") from exc
+
+    def _workspace_owner(self, slot: int) -> int:
+        return SANDBOX_UID
+
+    def _exec_create(self, argv: list[str]) -> str:
+        return self.api.exec_create(self.container.id, argv, user=SANDBOX_USER, workdir="/workspace")["Id"]
+
+    def _stop_processes(self) -> None:
+        if self.is_alive():
+            self.api.exec_start(self._exec_create(["/bin/bash", "-c", KILL_ALL]))
+
+    def exec(self, command: str, timeout: float) -> ExecResult:
+        self._check_open()
+        start = time.monotonic()
+        argv = bash_argv(command, self.limits, per_uid_processes=False, address_space=False, then=KILL_ALL)
+        try:
+            exec_id = self._exec_create(argv)
+            sock = self.api.exec_start(exec_id, socket=True)
+        except Exception as exc:
+            return ExecResult(exit_code=-1, duration_s=time.monotonic() - start, error=f"docker exec failed: {exc}")
+        stdout, stderr = CappedStream(self.limits.output_cap_bytes), CappedStream(self.limits.output_cap_bytes)
+        timed_out = self._pump(sock, {1: stdout, 2: stderr}, start + timeout)
+        return self._result(exec_id, stdout, stderr, timed_out, time.monotonic() - start)
+
+    def _pump(self, sock: Any, streams: dict[int, CappedStream], deadline: float) -> bool:
+        """Read the exec's multiplexed stream (8-byte frame headers) until it closes. True if it timed out."""
+        raw = getattr(sock, "_sock", sock)
+        pending = bytearray()
+        timed_out = False
+        try:
+            while True:
+                wait = deadline - time.monotonic()
+                if wait <= 0:
+                    if timed_out:  # the kill did not close the stream: give up on it
+                        break
+                    timed_out = True
+                    self._stop_processes()
+                    deadline = time.monotonic() + KILL_GRACE_S
+                    continue
+                if not select.select([raw], [], [], wait)[0]:
+                    continue
+                chunk = raw.recv(1 << 16)
+                if not chunk:
+                    break
+                pending += chunk
+                while len(pending) >= 8 and len(pending) >= 8 + int.from_bytes(pending[4:8], "big"):
+                    size = int.from_bytes(pending[4:8], "big")
+                    streams.get(pending[0], streams[2]).add(bytes(pending[8 : 8 + size]))
+                    del pending[: 8 + size]
+        finally:
+            sock.close()
+        return timed_out
+
+    def _result(
+        self, exec_id: str, stdout: CappedStream, stderr: CappedStream, timed_out: bool, duration: float
+    ) -> ExecResult:
+        try:
+            exit_code = self.api.exec_inspect(exec_id).get("ExitCode")
+        except Exception:  # the engine lost the exec along with its container
+            exit_code = None
+        outcome = ProcessOutcome(exit_code if exit_code is not None else -1, stdout, stderr, timed_out, duration)
+        if not timed_out and (exit_code is None or exit_code >= 128) and not self.is_alive():
+            return outcome.result(-1, error="the docker sandbox died during the command (stopped or removed)")
+        return outcome.result(outcome.returncode)
+
+    def is_alive(self) -> bool:
+        if self.closed or not self.workspace.files.is_dir():
+            return False
+        try:
+            return bool(self.api.inspect_container(self.container.id)["State"]["Running"])
+        except Exception:  # removed, or the engine is gone: either way it cannot run commands
+            return False
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        with contextlib.suppress(Exception):  # already removed from outside; the workspace must still go
+            self.container.remove(force=True)
+        self.workspace.remove()
+        self.client.close()
