@@ -20,3 +20,16 @@ def tiny_model_dir() -> Path:
     from fieldkit.tiny_model import build_tiny_model
 
     return build_tiny_model(REPO / "runs" / "models")
+
+
+def require_sandbox_backend(name: str) -> str:
+    """Skip unless this machine runs sandbox backend `name`; with FIELDKIT_REQUIRE_DOCKER=1 (CI) a missing Docker
+    engine fails the test instead, so the Docker tests cannot silently stop running."""
+    from sandbox.probe import backend_problem
+
+    problem = backend_problem(name)
+    if problem is not None:
+        if name == "docker" and os.environ.get("FIELDKIT_REQUIRE_DOCKER") == "1":
+            pytest.fail(f"FIELDKIT_REQUIRE_DOCKER=1 but {problem}")
+        pytest.skip(f"sandbox backend {name} unavailable: {problem}")
+    return name
