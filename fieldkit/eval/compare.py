@@ -1,0 +1,195 @@
+"""Matched comparison of policies on the same tasks, with paired bootstrap intervals on the deltas.
+
+The first policy is the baseline. Deltas of rates are in percentage points; of turns and wall time in their units.
+The interval resamples tasks with replacement (the same resample for both policies, so task difficulty cancels) and
+takes the percentile interval of the delta. The seed fixes the resamples: the same inputs give the same report.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from fieldkit.eval.inputs import EvalInputError
+from fieldkit.eval.metrics import METRICS, RATE_METRICS, default_ks, mean_pass_at_k, metric_values, slice_arrays
+from fieldkit.eval.outcomes import TaskOutcome, check_matched, fold_episodes
+from fieldkit.gym.records import Episode
+
+if TYPE_CHECKING:
+    import numpy as np
+
+DEFAULT_BOOTSTRAP = 2000
+DEFAULT_CONFIDENCE = 0.95
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class MetricValues(Record):
+    task_pass: float
+    per_assertion: float | None  # None when the slice holds no assertion
+    task_complete: float
+    mean_turns: float
+    mean_wall_s: float
+    n_tasks: int
+    n_episodes: int
+    episodes_passed: int
+    episodes_complete: int
+    assertions_passed: int
+    assertions_total: int
+
+
+class Delta(Record):
+    value: float | None
+    low: float | None
+    high: float | None
+    unit: str = Field(description="'pp' (percentage points) for rates, 'turns' or 's' otherwise")
+
+
+class SliceResult(Record):
+    group: str = Field(description="'all', 'persona' or 'kind'")
+    name: str
+    values: dict[str, MetricValues]  # policy -> metrics
+    deltas: dict[str, dict[str, Delta]]  # policy (not the baseline) -> metric -> delta against the baseline
+
+
+class Comparison(Record):
+    policies: list[str]
+    baseline: str
+    task_ids: list[str]
+    bootstrap_samples: int
+    confidence: float
+    seed: int
+    slices: list[SliceResult]
+    pass_at_k: dict[str, dict[int, float]]  # policy -> k -> mean pass@k
+
+    def slice(self, group: str, name: str = "all") -> SliceResult:
+        for found in self.slices:
+            if (found.group, found.name) == (group, name):
+                return found
+        raise KeyError(f"no slice {group}:{name}")
+
+
+def compare(
+    policies: Mapping[str, Sequence[Episode]],
+    personas: Mapping[str, str],
+    *,
+    bootstrap_samples: int = DEFAULT_BOOTSTRAP,
+    confidence: float = DEFAULT_CONFIDENCE,
+    seed: int = 0,
+    ks: Sequence[int] | None = None,
+) -> Comparison:
+    """Compare policies (label -> episodes; the first is the baseline) on their common task set.
+
+    One policy is allowed: the report then has values and no deltas.
+    """
+    import numpy as np
+
+    if not policies:
+        raise EvalInputError("no policies to evaluate")
+    if not 0 < confidence < 1 or bootstrap_samples < 1:
+        raise EvalInputError(
+            f"need 0 < confidence < 1 and bootstrap_samples >= 1, got {confidence}, {bootstrap_samples}"
+        )
+    folded = {label: fold_episodes(label, episodes, personas) for label, episodes in policies.items()}
+    task_ids = check_matched(folded)
+    labels = list(folded)
+    baseline = labels[0]
+    rng = np.random.default_rng(seed)
+    slices = [
+        _slice(group, name, members, kind, folded, labels, rng, bootstrap_samples, confidence)
+        for group, name, members, kind in _slice_specs(folded, task_ids)
+    ]
+    ordered = {label: [folded[label][t] for t in task_ids] for label in labels}
+    k_values = sorted(set(ks)) if ks else default_ks(list(ordered.values()))
+    return Comparison(
+        policies=labels,
+        baseline=baseline,
+        task_ids=task_ids,
+        bootstrap_samples=bootstrap_samples,
+        confidence=confidence,
+        seed=seed,
+        slices=slices,
+        pass_at_k={label: {k: mean_pass_at_k(label, ordered[label], k) for k in k_values} for label in labels},
+    )
+
+
+def _slice_specs(
+    folded: Mapping[str, Mapping[str, TaskOutcome]], task_ids: list[str]
+) -> list[tuple[str, str, list[str], str | None]]:
+    """(group, name, task ids, assertion kind) for all tasks, each persona and each assertion kind, sorted."""
+    first = next(iter(folded.values()))
+    specs: list[tuple[str, str, list[str], str | None]] = [("all", "all", task_ids, None)]
+    for persona in sorted({first[t].persona for t in task_ids}):
+        specs.append(("persona", persona, [t for t in task_ids if first[t].persona == persona], None))
+    kinds = sorted({kind for outcomes in folded.values() for o in outcomes.values() for kind in o.assertions})
+    for kind in kinds:
+        members = [t for t in task_ids if any(kind in outcomes[t].assertions for outcomes in folded.values())]
+        specs.append(("kind", kind, members, kind))
+    return specs
+
+
+def _slice(
+    group: str,
+    name: str,
+    task_ids: list[str],
+    kind: str | None,
+    folded: Mapping[str, Mapping[str, TaskOutcome]],
+    labels: list[str],
+    rng: np.random.Generator,
+    samples: int,
+    confidence: float,
+) -> SliceResult:
+    import numpy as np
+
+    arrays = {label: slice_arrays([folded[label][t] for t in task_ids], kind) for label in labels}
+    point = {label: metric_values(arrays[label]) for label in labels}
+    values = {label: _values(point[label], [folded[label][t] for t in task_ids], kind) for label in labels}
+    deltas: dict[str, dict[str, Delta]] = {}
+    if len(labels) > 1:
+        resamples = rng.integers(0, len(task_ids), size=(samples, len(task_ids)))
+        boot = {label: metric_values(arrays[label], resamples) for label in labels}
+        tail = (1 - confidence) / 2 * 100
+        for label in labels[1:]:
+            deltas[label] = {}
+            for metric in METRICS:
+                scale = 100.0 if metric in RATE_METRICS else 1.0
+                diff = (boot[label][metric] - boot[labels[0]][metric]) * scale
+                finite = diff[np.isfinite(diff)]
+                value = float(point[label][metric] - point[labels[0]][metric]) * scale
+                deltas[label][metric] = Delta(
+                    value=value if np.isfinite(value) else None,
+                    low=float(np.percentile(finite, tail)) if finite.size else None,
+                    high=float(np.percentile(finite, 100 - tail)) if finite.size else None,
+                    unit=_unit(metric),
+                )
+    return SliceResult(group=group, name=name, values=values, deltas=deltas)
+
+
+def _values(point: Mapping[str, Any], outcomes: Sequence[TaskOutcome], kind: str | None) -> MetricValues:
+    import numpy as np
+
+    counts = [o.assertion_counts(kind) for o in outcomes]
+    per_assertion = float(point["per_assertion"])
+    return MetricValues(
+        task_pass=float(point["task_pass"]),
+        per_assertion=per_assertion if np.isfinite(per_assertion) else None,
+        task_complete=float(point["task_complete"]),
+        mean_turns=float(point["mean_turns"]),
+        mean_wall_s=float(point["mean_wall_s"]),
+        n_tasks=len(outcomes),
+        n_episodes=sum(o.episodes for o in outcomes),
+        episodes_passed=sum(o.passed for o in outcomes),
+        episodes_complete=sum(o.complete for o in outcomes),
+        assertions_passed=sum(p for p, _ in counts),
+        assertions_total=sum(t for _, t in counts),
+    )
+
+
+def _unit(metric: str) -> str:
+    if metric in RATE_METRICS:
+        return "pp"
+    return "turns" if metric == "mean_turns" else "s"
