@@ -65,7 +65,9 @@ class Draft:
     commands: list[str]
     assertions: list[Assertion]
     skills: list[str]
-    touches: set[str] = field(default_factory=set)  # paths read or written; parts of a composite never overlap
+    # Paths the task reads and writes: no part of a composite may write what another part reads or writes.
+    reads: set[str] = field(default_factory=set)
+    writes: set[str] = field(default_factory=set)
 
 
 Recipe = Callable[[Any, random.Random], Draft]

@@ -8,6 +8,8 @@ agent passes is a bug the generator refuses.
 
 from __future__ import annotations
 
+import fnmatch
+import shlex
 from collections.abc import Sequence
 from pathlib import PurePosixPath
 
@@ -38,15 +40,21 @@ def _mkdir_for(ws: Workspace, *paths: str) -> list[str]:
 
 
 def rename(ws: Workspace, src: str, dst: str, why: str = "") -> Draft:
+    """Rename (move) a file or a whole directory."""
+    inside = ws.under(src)
+    if src not in ws.files and not inside:
+        raise ValueError(f"nothing to rename at {src}")
     checks: list[Assertion] = [FileExists(path=dst), FileNotExists(path=src)]
-    if ws.files[src].kind == "text":
+    if inside:  # a directory: its files must arrive with it
+        checks.append(FileExists(path=dst + inside[0].removeprefix(src)))
+    elif ws.files[src].kind == "text":
         checks.append(FileContentsContain(path=dst, must_contain=[ws.marker(src)]))
     return Draft(
-        intent=f"Rename `{src}` to `{dst}`{why}.",
+        intent=f"Rename `{src}{'/' if inside else ''}` to `{dst}{'/' if inside else ''}`{why}.",
         commands=[*_mkdir_for(ws, dst), q("mv", src, dst)],
         assertions=checks,
         skills=["file.move"],
-        touches={src, dst},
+        writes={src, dst, *inside},
     )
 
 
@@ -59,20 +67,40 @@ def copy(ws: Workspace, src: str, dst: str, why: str = "") -> Draft:
         commands=[*_mkdir_for(ws, dst), q("cp", src, dst)],
         assertions=checks,
         skills=["file.copy"],
-        touches={src, dst},
+        reads={src},
+        writes={dst},
     )
 
 
-def delete(ws: Workspace, doomed: Sequence[str], keep: str, why: str = "", command: str | None = None) -> Draft:
-    """Remove files (by `rm -f` of each, or a given glob/find command); `keep` must survive untouched."""
+def delete(ws: Workspace, doomed: Sequence[str], keep: str, why: str = "", pattern: str | None = None) -> Draft:
+    """Remove files, named one by one or by a shell glob that matches exactly them; `keep` must survive untouched."""
+    if pattern is not None:
+        depth = pattern.count("/")
+        matched = [p for p in ws.files if p.count("/") == depth and fnmatch.fnmatchcase(p, pattern)]
+        if sorted(matched) != sorted(doomed):
+            raise ValueError(f"glob {pattern!r} matches {sorted(matched)}, not {sorted(doomed)}")
     checks: list[Assertion] = [FileNotExists(path=p) for p in doomed[:4]]
     checks += [FileUnchanged(path=keep), FileExists(path=keep)]
+    what = f"every file matching `{pattern}`" if pattern else listing(doomed)
     return Draft(
-        intent=f"Delete {listing(doomed)}{why}. Keep `{keep}`.",
-        commands=[command or q("rm", "-f", *doomed)],
+        intent=f"Delete {what}{why}. Keep `{keep}`.",
+        commands=[f"rm -f {pattern}" if pattern else q("rm", "-f", *doomed)],
         assertions=checks[:MAX_ASSERTIONS],
         skills=["file.delete"],
-        touches={*doomed, keep},
+        reads={keep},
+        writes=set(doomed),
+    )
+
+
+def touch(ws: Workspace, paths: Sequence[str], why: str = "") -> Draft:
+    """Create empty files (an `__init__.py`, a `.gitkeep`)."""
+    return Draft(
+        intent=f"Create the empty file{'s' if len(paths) > 1 else ''} {listing(paths)}{why}.",
+        commands=[*_mkdir_for(ws, *paths), q("touch", *paths)],
+        assertions=[FileExists(path=p) for p in paths[:MAX_ASSERTIONS]]
+        + ([] if len(paths) > 1 else [FileContentsMatchRegex(path=paths[0], regex=r"\A\s*\Z")]),
+        skills=["file.write"],
+        writes=set(paths),
     )
 
 
@@ -82,7 +110,8 @@ def delete_tree(ws: Workspace, directory: str, keep: str, why: str = "") -> Draf
         commands=[q("rm", "-rf", directory)],
         assertions=[FileNotExists(path=directory), FileUnchanged(path=keep), FileExists(path=keep)],
         skills=["shell.rm"],
-        touches={directory, *ws.under(directory), keep},
+        reads={keep},
+        writes={directory, *ws.under(directory)},
     )
 
 
@@ -101,7 +130,7 @@ def edit(ws: Workspace, path: str, old: str, new: str, why: str = "", every: boo
             absent(path, old),
         ],
         skills=["shell.sed"],
-        touches={path},
+        writes={path},
     )
 
 
@@ -109,6 +138,7 @@ def grep_lines(ws: Workspace, needle: str, files: Sequence[str], out: str, why: 
     """Collect every line containing `needle` from `files` into `out` (named by a glob when they are all the
     files of one suffix in one directory)."""
     hits = [line for f in files for line in ws.lines(f) if needle in line]
+    _need(hits, f"{needle!r} in {list(files)}")
     misses = [line.strip() for f in files for line in ws.lines(f) if needle not in line and len(line.strip()) >= 8]
     miss = next(m for m in misses if not any(m in h for h in hits))
     directory, suffix = PurePosixPath(files[0]).parent.as_posix(), PurePosixPath(files[0]).suffix
@@ -121,7 +151,8 @@ def grep_lines(ws: Workspace, needle: str, files: Sequence[str], out: str, why: 
         commands=[*_mkdir_for(ws, out), f"grep -hF {q(needle)} {sources} > {q(out)}"],
         assertions=[FileContentsContain(path=out, must_contain=_spread(hits, 3)), absent(out, miss)],
         skills=["shell.grep", "file.write"],
-        touches={*files, out},
+        reads=set(files),
+        writes={out},
     )
 
 
@@ -129,6 +160,7 @@ def grep_files(ws: Workspace, needle: str, directory: str, out: str, why: str = 
     """List (one per line) the files under `directory` that contain `needle`."""
     files = ws.under(directory)
     hits = [f for f in files if ws.files[f].kind == "text" and needle in ws.content(f)]
+    _need(hits, f"{needle!r} under {directory}")
     misses = [f for f in files if f not in hits and not any(f in h for h in hits)]
     checks: list[Assertion] = [FileContentsContain(path=out, must_contain=hits[:4])]
     if misses:
@@ -140,7 +172,8 @@ def grep_files(ws: Workspace, needle: str, directory: str, out: str, why: str = 
         commands=[*_mkdir_for(ws, out), f"grep -rlF {q(needle, directory)} > {q(out)}"],
         assertions=checks,
         skills=["shell.grep", "file.write"],
-        touches={*files, out},
+        reads=set(files),
+        writes={out},
     )
 
 
@@ -151,18 +184,21 @@ def count_lines(ws: Workspace, path: str, out: str, why: str = "") -> Draft:
         commands=[*_mkdir_for(ws, out), f"wc -l < {q(path)} > {q(out)}"],
         assertions=[_number(out, n), FileUnchanged(path=path)],
         skills=["shell.wc", "file.write"],
-        touches={path, out},
+        reads={path},
+        writes={out},
     )
 
 
 def count_matches(ws: Workspace, needle: str, path: str, out: str, why: str = "") -> Draft:
     n = sum(needle in line for line in ws.lines(path))
+    _need(range(n), f"{needle!r} in {path}")  # grep -c exits 1 on no match
     return Draft(
         intent=f"Count the lines of `{path}` that contain `{needle}` and write the number to `{out}`{why}.",
         commands=[*_mkdir_for(ws, out), f"grep -cF {q(needle, path)} > {q(out)}"],
         assertions=[_number(out, n), FileUnchanged(path=path)],
         skills=["shell.grep", "shell.wc", "file.write"],
-        touches={path, out},
+        reads={path},
+        writes={out},
     )
 
 
@@ -180,18 +216,19 @@ def extract(ws: Workspace, path: str, n: int, out: str, end: str = "tail", why: 
             FileUnchanged(path=path),
         ],
         skills=[f"shell.{end}", "file.write"],
-        touches={path, out},
+        reads={path},
+        writes={out},
     )
 
 
 def write(ws: Workspace, path: str, lines: Sequence[str], why: str = "") -> Draft:
-    shown = "\n".join(lines)
+    shown = ", ".join(f"`{line}`" for line in lines)
     return Draft(
-        intent=f"Create `{path}` containing these lines{why}:\n{shown}",
+        intent=f"Create `{path}` with {len(lines)} lines{why}, one per line, in this order: {shown}.",
         commands=[*_mkdir_for(ws, path), f"printf '%s\\n' {q(*lines)} > {q(path)}"],
         assertions=[FileContentsContain(path=path, must_contain=list(lines)[:4]), FileExists(path=path)],
         skills=["file.write"],
-        touches={path},
+        writes={path},
     )
 
 
@@ -204,7 +241,7 @@ def append(ws: Workspace, path: str, line: str, why: str = "") -> Draft:
             FileContentsContain(path=path, must_contain=[ws.marker(path)]),
         ],
         skills=["file.write"],
-        touches={path},
+        writes={path},
     )
 
 
@@ -219,29 +256,31 @@ def file_away(ws: Workspace, files: Sequence[str], dest: str, why: str = "") -> 
         commands=[*commands, q("mv", *files, dest + "/")],
         assertions=checks[:MAX_ASSERTIONS],
         skills=["shell.mkdir", "file.move"] if commands else ["file.move"],
-        touches={*files, *moved},
+        writes={*files, *moved},
     )
 
 
 def make_dirs(ws: Workspace, directories: Sequence[str], why: str = "") -> Draft:
     return Draft(
-        intent=f"Create the directories {listing(directories)}{why}.",
+        intent=f"Create the director{'ies' if len(directories) > 1 else 'y'} {listing(directories)}{why}.",
         commands=[q("mkdir", "-p", *directories)],
         assertions=[FileExists(path=d) for d in directories[:MAX_ASSERTIONS]],
         skills=["shell.mkdir"],
-        touches=set(directories),
+        writes=set(directories),
     )
 
 
 def find_list(ws: Workspace, suffix: str, out: str, why: str = "") -> Draft:
     """List every file ending in `suffix`, anywhere in the workspace, into `out`."""
     hits = sorted(p for p in ws.files if p.endswith(suffix))
+    _need(hits, f"*{suffix} files")
     return Draft(
         intent=f"Find every `*{suffix}` file in the workspace and write their paths to `{out}`, one per line{why}.",
         commands=[*_mkdir_for(ws, out), f"find . -name {q('*' + suffix)} > {q(out)}"],
         assertions=[FileContentsContain(path=out, must_contain=hits[:4]), FileExists(path=out)],
         skills=["shell.find", "file.write"],
-        touches={*hits, out},
+        reads=set(hits),
+        writes={out},
     )
 
 
@@ -252,8 +291,9 @@ def composite(lead: str, parts: Sequence[Draft]) -> Draft:
         raise ValueError(f"a composite needs 2-{MAX_ASSERTIONS} parts, got {len(parts)}")
     for i, a in enumerate(parts):
         for b in parts[i + 1 :]:
-            if a.touches & b.touches:
-                raise ValueError(f"composite parts overlap on {sorted(a.touches & b.touches)}")
+            clash = (a.writes & (b.writes | b.reads)) | (b.writes & a.reads)
+            if clash:
+                raise ValueError(f"composite parts clash on {sorted(clash)}")
     checks: list[Assertion] = []
     for depth in range(max(len(p.assertions) for p in parts)):
         for part in parts:
@@ -261,16 +301,27 @@ def composite(lead: str, parts: Sequence[Draft]) -> Draft:
                 checks.append(part.assertions[depth])
     steps = " ".join(f"({i}) {p.intent}" for i, p in enumerate(parts, 1))
     commands: list[str] = []
+    made: set[str] = set()  # directories an earlier `mkdir -p` of the composite already created
     for command in (c for p in parts for c in p.commands):
-        if not (command.startswith("mkdir -p ") and command in commands):  # an earlier part made the directory
-            commands.append(command)
+        if command.startswith("mkdir -p "):
+            wanted = shlex.split(command)[2:]
+            if all(d in made for d in wanted):
+                continue
+            made.update(str(a) for d in wanted for a in [PurePosixPath(d), *PurePosixPath(d).parents])
+        commands.append(command)
     return Draft(
         intent=f"{lead} {steps}",
         commands=commands,
         assertions=checks[:MAX_ASSERTIONS],
         skills=list(dict.fromkeys(s for p in parts for s in p.skills)),
-        touches=set().union(*(p.touches for p in parts)),
+        reads=set().union(*(p.reads for p in parts)),
+        writes=set().union(*(p.writes for p in parts)),
     )
+
+
+def _need(found: Sequence[object], what: str) -> None:
+    if not found:
+        raise ValueError(f"nothing to find: no {what}")
 
 
 def _number(path: str, n: int) -> FileContentsMatchRegex:
