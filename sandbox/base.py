@@ -15,6 +15,20 @@ from sandbox.limits import SandboxLimits
 from sandbox.workspace import Workspace
 
 DEFAULT_SNAPSHOT_CAP_BYTES = 1 << 20  # per file: ClawGym assertions read small text files
+MAX_COMMAND_BYTES = 128 * 1024 - 1  # Linux refuses one exec argument longer than this (MAX_ARG_STRLEN)
+UNRUNNABLE_EXIT_CODE = 126  # bash's code for "found but cannot execute"
+
+
+def refuse_unrunnable(command: str) -> ExecResult | None:
+    """The observation for a command no exec could start (too long, or with a NUL byte); None if it can run."""
+    size = len(command.encode())
+    if size > MAX_COMMAND_BYTES:
+        problem = f"command is {size} bytes; one command may be at most {MAX_COMMAND_BYTES} bytes (write a file)"
+    elif "\x00" in command:
+        problem = "command contains a NUL byte"
+    else:
+        return None
+    return ExecResult(exit_code=UNRUNNABLE_EXIT_CODE, stderr=f"sandbox: {problem}\n")
 
 
 class SandboxError(RuntimeError):

@@ -16,7 +16,7 @@ Memory is capped per process (address space), not per sandbox: that needs the do
 from __future__ import annotations
 
 from fieldkit.gym.records import ExecResult, WorkspaceSeed
-from sandbox.base import WorkspaceSandbox
+from sandbox.base import WorkspaceSandbox, refuse_unrunnable
 from sandbox.image import SANDBOX_UID, build_rootfs
 from sandbox.limits import SandboxLimits, bash_argv
 from sandbox.process import run_process
@@ -74,10 +74,16 @@ class BwrapSandbox(WorkspaceSandbox):
 
     def exec(self, command: str, timeout: float) -> ExecResult:
         self._check_open()
+        if refused := refuse_unrunnable(command):
+            return refused
         if not self.is_alive():
             return ExecResult(exit_code=-1, error="bwrap sandbox is gone: its workspace or rootfs was removed")
         outcome = run_process(
-            self._argv(command), timeout=timeout, output_cap=self.limits.output_cap_bytes, user=self.workspace.owner_uid
+            self._argv(command),
+            timeout=timeout,
+            output_cap=self.limits.output_cap_bytes,
+            env=SANDBOX_ENV,  # not this process's environment: bwrap is pid 1 inside, its environ readable there
+            user=self.workspace.owner_uid,
         )
         if outcome.returncode < 0 and not outcome.timed_out:
             # bwrap reports a command killed by signal N as exit 128+N; bwrap itself dying means it was killed.

@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 from fieldkit.gym.records import ExecResult, WorkspaceSeed
-from sandbox.base import SandboxError, WorkspaceSandbox
+from sandbox.base import SandboxError, WorkspaceSandbox, refuse_unrunnable
 from sandbox.image import KEEPALIVE_UID, SANDBOX_UID, ensure_image
 from sandbox.limits import SandboxLimits, bash_argv
 from sandbox.process import CappedStream, ProcessOutcome
@@ -80,6 +80,8 @@ class DockerSandbox(WorkspaceSandbox):
 
     def exec(self, command: str, timeout: float) -> ExecResult:
         self._check_open()
+        if refused := refuse_unrunnable(command):
+            return refused
         start = time.monotonic()
         argv = bash_argv(command, self.limits, per_uid_processes=False, address_space=False, then=KILL_ALL)
         try:

@@ -11,7 +11,7 @@ import logging
 import os
 
 from fieldkit.gym.records import ExecResult, WorkspaceSeed
-from sandbox.base import WorkspaceSandbox
+from sandbox.base import WorkspaceSandbox, refuse_unrunnable
 from sandbox.limits import SandboxLimits, bash_argv
 from sandbox.process import run_process
 
@@ -33,6 +33,8 @@ class LocalSandbox(WorkspaceSandbox):
 
     def exec(self, command: str, timeout: float) -> ExecResult:
         self._check_open()
+        if refused := refuse_unrunnable(command):
+            return refused
         env = {
             "PATH": HOST_PATH,
             "HOME": str(self.workspace.files),

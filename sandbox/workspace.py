@@ -97,7 +97,13 @@ class Workspace:
             os.lchown(path, self.owner_uid, self.owner_uid)
 
     def seed(self, seed: WorkspaceSeed) -> None:
-        """Write the seed's files: text as UTF-8, binary stubs zero-filled to their size."""
+        """Write the seed's files: text as UTF-8, binary stubs zero-filled to their size (sparse: instant)."""
+        total = sum(len(spec.content.encode()) if spec.content is not None else spec.size or 0 for spec in seed.files)
+        if total > self.limit_bytes:
+            raise ValueError(
+                f"workspace seed holds {total} bytes, more than the sandbox's workspace limit of {self.limit_bytes} "
+                "bytes (sandbox.workspace_mb)"
+            )
         for spec in seed.files:
             target = self.files / spec.path
             for parent in reversed(target.relative_to(self.files).parents[:-1]):
