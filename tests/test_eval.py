@@ -249,3 +249,12 @@ def test_report_files_appear_open_and_rebuild_identically(tmp_path: Path) -> Non
     again = compare({p: load_episodes(path) for p, path in paths.items()}, PERSONAS, bootstrap_samples=300, seed=3)
     write_report(again, tmp_path / "again", curve_trials())
     assert (tmp_path / "again" / "report.md").read_text() == markdown
+
+
+def test_importing_eval_and_lineage_loads_no_numpy_or_matplotlib() -> None:
+    import subprocess
+    import sys
+
+    code = "import fieldkit.eval, fieldkit.lineage, sys; print(sorted({'numpy', 'matplotlib'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

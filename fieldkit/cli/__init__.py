@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from fieldkit.cli import config, demo, model
+from fieldkit.cli import config, demo, eval, lineage, model
 
 app = typer.Typer(
     help="fieldkit-mesh: agentic RL fine-tuning with LoRA on one GPU box, scaled out on Ray.",
@@ -18,4 +18,6 @@ app = typer.Typer(
 )
 app.add_typer(config.app, name="config")
 app.add_typer(model.app, name="model")
+app.add_typer(lineage.app, name="lineage")
+app.add_typer(eval.app, name="eval")
 app.command("demo")(demo.demo)

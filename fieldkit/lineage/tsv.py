@@ -38,6 +38,7 @@ from pathlib import Path
 
 from fieldkit.lineage.queries import LineageError
 from fieldkit.lineage.records import STATUSES, Direction, Trial, TrialKind
+from fieldkit.runs import atomic_write_bytes
 
 TSV_COLUMNS = (
     "exp_id",
@@ -176,8 +177,7 @@ def write_tsv(trials: Sequence[Trial], path: Path) -> None:
         cells |= {c: _cell(_as_float(t.metrics.get(c))) for c in METRIC_COLUMNS}
         cells |= {c: _cell(t.wall.get(c)) for c in WALL_COLUMNS}
         writer.writerow([cells[c] for c in TSV_COLUMNS])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(buffer.getvalue(), encoding="utf-8")
+    atomic_write_bytes(path, buffer.getvalue().encode("utf-8"))
 
 
 def _as_float(value: object) -> float | None:

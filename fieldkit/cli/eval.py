@@ -1,0 +1,101 @@
+"""`fieldkit eval report`: compare policies on the same tasks from their episode files; write the report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.markup import escape
+
+from fieldkit.cli.console import console, err_console
+
+if TYPE_CHECKING:
+    from fieldkit.eval import Comparison
+
+app = typer.Typer(help="Evaluate and compare policies from their episode records.", no_args_is_help=True)
+
+DEFAULT_DB = Path("runs/lineage.db")  # RunConfig.paths.lineage_db's default
+DEFAULT_RUNS = Path("runs")  # RunConfig.paths.runs_dir's default
+
+
+def parse_policy(spec: str) -> tuple[str, Path]:
+    """'LABEL=PATH', or a bare PATH labelled by its file (or directory) name."""
+    label, sep, path = spec.partition("=")
+    if not sep:
+        return Path(spec).stem, Path(spec)
+    if not label or not path:
+        raise typer.BadParameter(f"{spec!r}: expected LABEL=PATH")
+    return label, Path(path)
+
+
+def headline_table(comparison: Comparison) -> object:
+    from rich.table import Table
+
+    from fieldkit.eval import METRICS
+    from fieldkit.eval.report import TITLES, delta_cell, value_cell
+
+    headline = comparison.slice("all")
+    others = comparison.policies[1:]
+    table = Table(
+        "metric", *comparison.policies, *(f"Δ {p}" for p in others), title=f"{len(comparison.task_ids)} tasks"
+    )
+    for metric in METRICS:
+        values = [value_cell(headline.values[p], metric) for p in comparison.policies]
+        table.add_row(TITLES[metric], *values, *(delta_cell(headline.deltas[p][metric]) for p in others))
+    for k in sorted(comparison.pass_at_k[comparison.baseline]):
+        table.add_row(f"pass@{k}", *(f"{100 * comparison.pass_at_k[p][k]:.1f}%" for p in comparison.policies))
+    return table
+
+
+@app.command("report")
+def report(
+    policies: Annotated[
+        list[str],
+        typer.Argument(
+            help="LABEL=PATH per policy (PATH: episodes JSONL or a directory of them); the first is the baseline"
+        ),
+    ],
+    tasks: Annotated[Path, typer.Option(help="the tasks.jsonl that gives each task's persona")],
+    out: Annotated[Path | None, typer.Option(help="report directory (default: runs/<run>/report)")] = None,
+    run: Annotated[
+        str | None, typer.Option(help="the run whose training curves to draw from the lineage store")
+    ] = None,
+    db: Annotated[Path, typer.Option("--db", help="the SQLite lineage store")] = DEFAULT_DB,
+    bootstrap: Annotated[int, typer.Option(min=1, help="bootstrap resamples for the delta intervals")] = 2000,
+    seed: Annotated[int, typer.Option(help="bootstrap seed (the same seed rebuilds the same report)")] = 0,
+    k: Annotated[list[int] | None, typer.Option("--k", min=1, help="pass@k to report (repeatable)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the comparison as JSON")] = False,
+) -> None:
+    """Matched comparison (deltas with bootstrap 95% intervals, per persona and assertion kind, pass@k): writes
+    report.md, report.json and PNG plots, and prints the headline table."""
+    from fieldkit.eval import EvalInputError, compare, load_episodes, load_personas, write_report
+    from fieldkit.lineage import LineageError, LineageStore
+
+    if out is None and run is None:
+        raise typer.BadParameter("give --out, or --run to write under runs/<run>/report", param_hint="--out")
+    out_dir = out or DEFAULT_RUNS / str(run) / "report"
+    specs = [parse_policy(spec) for spec in policies]
+    labels = [label for label, _ in specs]
+    if len(set(labels)) != len(labels):
+        raise typer.BadParameter(f"policy labels must differ: {', '.join(labels)}")
+    try:
+        personas = load_personas(tasks)
+        with console.status("loading episodes"):
+            episodes = {label: load_episodes(path) for label, path in specs}
+        with console.status(f"comparing ({bootstrap} bootstrap resamples)"):
+            comparison = compare(episodes, personas, bootstrap_samples=bootstrap, seed=seed, ks=k)
+        curves = LineageStore(db).trials(run) if run is not None else []
+        if run is not None and not curves:
+            raise LineageError(f"no trials of run {run!r} in {db} to draw training curves from")
+        with console.status("writing the report"):
+            written = write_report(comparison, out_dir, curves)
+    except (EvalInputError, LineageError) as exc:
+        err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from exc
+    if as_json:
+        print(json.dumps({"files": [str(p) for p in written], "comparison": comparison.model_dump(mode="json")}))
+        return
+    console.print(headline_table(comparison))
+    console.print(f"report: {out_dir / 'report.md'} ({len(written)} files)")
