@@ -22,6 +22,7 @@ def loaded_after(statement: str) -> list[str]:
         "fieldkit, fieldkit.config, fieldkit.cli, fieldkit.tiny_model",
         "fieldkit.rl.advantages, fieldkit.rl.batch, fieldkit.rl.losses, fieldkit.rl.tds",
         "fieldkit.training.logprobs",
+        "fieldkit.generation, fieldkit.chat_tokens, fieldkit.training.probe, fieldkit.training.random_adapter",
         "fieldkit.lineage, fieldkit.eval, fieldkit.cli.lineage, fieldkit.cli.eval",
     ],
 )

