@@ -22,11 +22,12 @@ def token_logprobs(
     *,
     with_entropy: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Return (logp_bt, entropy_bt or None), both float32 [B, T]; differentiable when grad is enabled.
+    """Return (logp_bt, entropy_bt or None), both float32 [B, T]; logp_bt is differentiable when grad is enabled,
+    entropy_bt never is.
 
     `attention_mask_bt` marks real tokens (1) against right padding (0); padded positions come back as 0.
-    The full-vocabulary softmax is computed in float32 one sequence at a time, so a 150k vocabulary at 4k tokens
-    costs one [T, V] buffer rather than [B, T, V].
+    The full-vocabulary softmax is computed in float32 one sequence at a time: without grad (reference pass, probe)
+    that bounds the float32 copy to one [T, V] buffer instead of [B, T, V].
     """
     import torch
 
@@ -39,7 +40,8 @@ def token_logprobs(
         log_probs_tv = torch.log_softmax(logits_btv[b, :-1].float(), dim=-1)
         logp_rows.append(log_probs_tv.gather(-1, input_ids_bt[b, 1:].unsqueeze(-1)).squeeze(-1))
         if with_entropy:
-            entropy_rows.append(-(log_probs_tv.exp() * log_probs_tv).sum(-1))
+            with torch.no_grad():  # a metric, never a loss term: no graph, no saved [T, V] buffers
+                entropy_rows.append(-(log_probs_tv.exp() * log_probs_tv).sum(-1))
     valid_bt = attention_mask_bt[:, 1:].to(torch.float32)
     first_b1 = torch.zeros(input_ids_bt.shape[0], 1, dtype=torch.float32, device=logits_btv.device)
     logp_bt = torch.cat([first_b1, torch.stack(logp_rows) * valid_bt], dim=1)

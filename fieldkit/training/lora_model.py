@@ -1,0 +1,78 @@
+"""The base model with a LoRA adapter, and adapter directories written so a reader never sees half of one."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from fieldkit.config import TINY_MODEL, LoraConfig, ModelConfig
+
+
+def resolve_model_path(model: ModelConfig, models_dir: Path) -> str:
+    """A directory or hub name transformers can load; `tiny` builds (or reuses) the project's tiny model."""
+    if model.name_or_path == TINY_MODEL:
+        from fieldkit.tiny_model import TinyModelSpec, build_tiny_model
+
+        return str(build_tiny_model(models_dir, TinyModelSpec(seed=model.tiny_seed)).resolve())
+    return model.name_or_path
+
+
+def load_lora_model(
+    model_path: str, lora: LoraConfig, *, dtype: str, device: str, adapter_dir: str | Path | None = None
+) -> tuple[Any, Any]:
+    """(PEFT model with a trainable adapter, tokenizer). A fresh adapter from `lora`, or the one in `adapter_dir`
+    (an SFT warm start), whose own rank and targets then apply. PEFT keeps the adapter weights in float32."""
+    import torch
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    base = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype)).to(device)
+    if adapter_dir is not None:
+        if not (Path(adapter_dir) / "adapter_config.json").exists():
+            raise FileNotFoundError(f"{adapter_dir}: no adapter_config.json; not a PEFT adapter directory")
+        model = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=True)
+    else:
+        peft_config = PeftLoraConfig(
+            r=lora.rank,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=list(lora.target_modules),
+            task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(base, peft_config)
+    return model, tokenizer
+
+
+def adapter_rank(model: Any) -> int:
+    return int(model.peft_config["default"].r)
+
+
+def write_directory(target: Path, fill: Callable[[Path], None]) -> None:
+    """Fill a staging directory beside `target`, then move it into place (replacing an older one): a crash leaves
+    either the old directory or the new one, never a half-written one under the target name."""
+    from fieldkit.runs import ensure_free_space
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    ensure_free_space(target.parent)
+    staging = target.with_name(f".{target.name}.tmp{os.getpid()}")
+    retired = target.with_name(f".{target.name}.old{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        staging.mkdir()
+        fill(staging)
+        if target.exists():
+            target.rename(retired)
+        staging.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(retired, ignore_errors=True)
+
+
+def save_adapter(model: Any, target: Path) -> None:
+    """The adapter as PEFT writes it (adapter_config.json + adapter_model.safetensors), which vLLM loads."""
+    write_directory(target, lambda staging: model.save_pretrained(str(staging), safe_serialization=True))
