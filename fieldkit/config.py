@@ -48,8 +48,16 @@ class LoraConfig(Section):
         description="all seven projections, as in the reference",
     )
     max_loras: int = Field(4, ge=1, description="adapters resident in the engine at once")
-    max_lora_rank: int = Field(64, ge=1, description="largest rank the engine accepts; allocated up front")
-    keep_versions: int = Field(2, ge=1, description="adapter versions kept loaded; older ones are evicted")
+    max_lora_rank: Literal[1, 8, 16, 32, 64, 128, 256, 320, 512] = Field(
+        64, description="largest rank the engine accepts; allocated up front (vLLM supports these sizes only)"
+    )
+    keep_versions: int = Field(
+        2, ge=1, description="versions kept per adapter name; in-flight requests finish on theirs"
+    )
+    probe_tolerance: float = Field(
+        0.05, gt=0, description="mean |Δ log-prob| per probe token allowed between learner and engine (bf16 noise)"
+    )
+    require_probe: bool = Field(True, description="refuse adapter versions published without a probe")
 
     @model_validator(mode="after")
     def _rank_within_engine_max(self) -> LoraConfig:

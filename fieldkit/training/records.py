@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class AdapterProbe(BaseModel):
@@ -16,6 +16,14 @@ class AdapterProbe(BaseModel):
     prompt_token_ids: list[int] = Field(min_length=1)
     continuation_token_ids: list[int] = Field(min_length=1)
     logprobs: list[float]
+
+    @model_validator(mode="after")
+    def _one_logprob_per_continuation_token(self) -> AdapterProbe:
+        if len(self.logprobs) != len(self.continuation_token_ids):
+            raise ValueError(
+                f"probe has {len(self.logprobs)} log-probs for {len(self.continuation_token_ids)} continuation tokens"
+            )
+        return self
 
 
 class AdapterRef(BaseModel):
