@@ -51,7 +51,7 @@ def render_card(trials: Sequence[Trial], run_id: str | None, sizes: CardSizes) -
 
 
 def _status_line(scope: Sequence[Trial]) -> str:
-    counts = Counter(t.status for t in scope)
+    counts: Counter[str] = Counter(t.status for t in scope)
     parts = [f"{status} {counts[status]}" for status in STATUSES if counts[status]]
     return f"{len(scope)} trials" + (": " + ", ".join(parts) if parts else "")
 

@@ -62,7 +62,7 @@ class Trial(BaseModel):
     baseline_id: str | None = Field(None, description="the trial this one is compared against")
     kind: TrialKind
     status: Status
-    step: int | None = Field(None, ge=0, description="training step, for curves and the card")
+    step: int | None = Field(default=None, ge=0, description="training step, for curves and the card")
     hypothesis: str = ""
     metric_name: str = Field("", description="what `metric` is, e.g. 'heldout.task_pass'")
     metric: float | None = None
