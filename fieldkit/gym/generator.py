@@ -17,7 +17,7 @@ from fieldkit.gym.templates import TEMPLATES
 from fieldkit.gym.templates.families import MAX_ASSERTIONS
 
 DEFAULT_PER_PERSONA = 25
-MAX_ATTEMPTS = 20  # re-rolls of one task slot whose intent repeats an earlier task of the persona
+MAX_ATTEMPTS = 50  # re-rolls of one task slot whose intent repeats an earlier task of the persona
 
 
 class GenerationError(RuntimeError):

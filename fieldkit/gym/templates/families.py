@@ -118,12 +118,11 @@ def delete_tree(ws: Workspace, directory: str, keep: str, why: str = "") -> Draf
 def edit(ws: Workspace, path: str, old: str, new: str, why: str = "", every: bool = False) -> Draft:
     """`sed -i` one literal substitution; `old` must occur in the file and must not be a part of `new`."""
     text = ws.content(path)
-    if old not in text or old in new:
+    if old not in text or old in new or new in text:
         raise ValueError(f"{path}: edit {old!r} -> {new!r} is not checkable")
     untouched = next(line.strip() for line in ws.lines(path) if old not in line and len(line.strip()) >= 4)
-    scope = "every occurrence of" if every else "the line"
     return Draft(
-        intent=f"In `{path}`, replace {scope} `{old}` with `{new}`{why}.",
+        intent=f"In `{path}`, replace {'every ' if every else ''}`{old}` with `{new}`{why}.",
         commands=[q("sed", "-i", sed_expression(old, new, every), path)],
         assertions=[
             FileContentsContain(path=path, must_contain=[new, untouched]),
@@ -142,7 +141,7 @@ def grep_lines(ws: Workspace, needle: str, files: Sequence[str], out: str, why: 
     misses = [line.strip() for f in files for line in ws.lines(f) if needle not in line and len(line.strip()) >= 8]
     miss = next(m for m in misses if not any(m in h for h in hits))
     directory, suffix = PurePosixPath(files[0]).parent.as_posix(), PurePosixPath(files[0]).suffix
-    if len(files) > 2 and suffix and list(files) == ws.under(directory, suffix):
+    if len(files) > 2 and suffix and sorted(files) == ws.under(directory, suffix):
         where, sources = f"the `*{suffix}` files in `{directory}/`", f"{q(directory)}/*{suffix}"
     else:
         where, sources = listing(files), q(*files)
@@ -226,7 +225,10 @@ def write(ws: Workspace, path: str, lines: Sequence[str], why: str = "") -> Draf
     return Draft(
         intent=f"Create `{path}` with {len(lines)} lines{why}, one per line, in this order: {shown}.",
         commands=[*_mkdir_for(ws, path), f"printf '%s\\n' {q(*lines)} > {q(path)}"],
-        assertions=[FileContentsContain(path=path, must_contain=list(lines)[:4]), FileExists(path=path)],
+        assertions=[
+            FileContentsContain(path=path, must_contain=[x for x in lines if x.strip()][:4]),
+            FileExists(path=path),
+        ],
         skills=["file.write"],
         writes={path},
     )

@@ -82,7 +82,7 @@ def build(rng: random.Random) -> World:
         ws.text(
             f"scenes/{scene}.tscn", f'[gd_scene load_steps=2 format=3]\n\n[node name="{scene.title()}" type="Node2D"]\n'
         )
-    poses = pick(rng, PLAYER_POSES, 5)
+    poses = rng.sample(PLAYER_POSES, 5)
     for pose in poses[:3]:
         ws.stub(f"sprites/player/{pose}.png", rng.randint(900, 4000))
     stray_player = [ws.stub(f"player_{poses[3]}.png", 1800), ws.stub(f"scenes/player_{poses[4]}.png", 2100)]

@@ -1,0 +1,196 @@
+"""technical-writer: a docs repo of Markdown articles with front matter, images, drafts and a site config."""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+
+from fieldkit.gym.templates import families as f
+from fieldkit.gym.templates.base import Draft, Workspace, pick
+
+ROLE = "technical-writer"
+
+PRODUCTS = ["Tern", "Quill", "Harbor", "Lumen", "Fathom", "Kestrel"]
+ARTICLES = {
+    "GettingStarted": "getting-started",
+    "InstallGuide": "install-guide",
+    "ConfigReference": "config-reference",
+    "Troubleshooting": "troubleshooting",
+    "ReleaseNotes": "release-notes",
+    "UpgradeFrom1x": "upgrade-from-1x",
+    "SecurityModel": "security-model",
+}
+STRAYS = ["screenshot-1", "screenshot-2", "diagram-v2", "arch-sketch", "flow-old", "export-final"]
+AUTHORS = ["dana", "li.wei", "sam.o", "priya", "tomasz"]
+
+
+@dataclass
+class World:
+    ws: Workspace
+    product: str
+    articles: list[str]  # docs/*.md, CamelCase names
+    slugs: list[str]  # their kebab-case names
+    drafts: list[str]  # articles still marked draft: true
+    stray_images: list[str]
+    old_image_dir: str
+    changelog: str
+
+
+def _article(rng: random.Random, product: str, title: str, draft: bool, images: list[str]) -> str:
+    front = [
+        "---",
+        f"title: {title} | {product}",
+        f"author: {rng.choice(AUTHORS)}",
+        f"date: 2024-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}",
+        f"draft: {'true' if draft else 'false'}",
+        "---",
+    ]
+    body = [f"# {title}", "", f"This page explains {title.lower()} for {product}.", ""]
+    body += [f"![{img.split('/')[-1][:-4]}](../img/{img.split('/')[-1]})" for img in images]
+    body += ["", "## Next steps", "", "See the [config reference](ConfigReference.md)."]
+    return "\n".join(front + body) + "\n"
+
+
+def build(rng: random.Random) -> World:
+    ws = Workspace()
+    product = rng.choice(PRODUCTS)
+    names = pick(rng, list(ARTICLES), rng.randint(4, 6))
+    images = [f"img/{n}.png" for n in pick(rng, ["dashboard", "login", "settings", "cli-output", "topology"], 4)]
+    for image in images:
+        ws.stub(image, rng.randint(20_000, 90_000))
+    stray_images = [ws.stub(f"docs/{n}.png", rng.randint(8000, 40000)) for n in pick(rng, STRAYS, 2)]
+    drafts_flags = [rng.random() < 0.4 for _ in names]
+    drafts_flags[rng.randrange(len(names))] = True  # at least one draft, so the draft tasks always have a target
+    articles = []
+    for name, draft in zip(names, drafts_flags, strict=True):
+        title = " ".join(w for w in re.findall(r"[A-Z][a-z0-9]*", name))
+        articles.append(ws.text(f"docs/{name}.md", _article(rng, product, title, draft, rng.sample(images, 2))))
+    drafts = [a for a, d in zip(articles, drafts_flags, strict=True) if d]
+    nav = ["site_name: " + product + " Docs", "docs_dir: docs", "nav:"] + [f"  - {n}: {n}.md" for n in names]
+    ws.text("mkdocs.yml", "\n".join(nav) + "\n")
+    log = [
+        f"## v{rng.randint(1, 3)}.{m}.0\n- {rng.choice(['Fixed', 'Added', 'Changed'])} docs for {product}\n"
+        for m in range(4)
+    ]
+    changelog = ws.text("CHANGELOG.md", "# Changelog\n\n" + "\n".join(log))
+    ws.text("README.md", f"# {product} documentation\n\nBuild with `mkdocs build`. Style guide: STYLE.md\n")
+    ws.text("STYLE.md", "# Style\n\n- Sentence case headings\n- Use kebab-case file names\n")
+    ws.text("site/index.html", "<html><body>generated</body></html>\n")
+    ws.text("site/404.html", "<html><body>not found</body></html>\n")
+    return World(ws, product, articles, [ARTICLES[n] for n in names], drafts, stray_images, "../img/", changelog)
+
+
+def kebab_case(w: World, rng: random.Random) -> Draft:
+    i = rng.randrange(len(w.articles))
+    return f.rename(w.ws, w.articles[i], f"docs/{w.slugs[i]}.md", " (the style guide wants kebab-case file names)")
+
+
+def publish_draft(w: World, rng: random.Random) -> Draft:
+    return f.edit(w.ws, rng.choice(w.drafts), "draft: true", "draft: false", " to publish it")
+
+
+def fix_image_paths(w: World, rng: random.Random) -> Draft:
+    article = rng.choice(w.articles)
+    return f.edit(w.ws, article, "](../img/", "](/static/img/", " (images moved to the static folder)", every=True)
+
+
+def list_drafts(w: World, rng: random.Random) -> Draft:
+    choice = rng.randrange(3)
+    if choice == 0:
+        return f.grep_files(w.ws, "draft: true", "docs", rng.choice(["drafts.txt", "review/drafts.txt"]))
+    if choice == 1:
+        author = next(line for line in w.ws.lines(rng.choice(w.articles)) if line.startswith("author: "))
+        return f.grep_files(w.ws, author, "docs", "by_author.txt", " so I can send them for review")
+    return f.count_matches(w.ws, "  - ", "mkdocs.yml", "nav_count.txt", " (pages in the navigation)")
+
+
+def drop_build_output(w: World, rng: random.Random) -> Draft:
+    if rng.random() < 0.5:
+        keep = rng.choice(["mkdocs.yml", "README.md", "STYLE.md", *w.articles])
+        return f.delete_tree(w.ws, "site", keep, " (generated by mkdocs build)")
+    return f.file_away(w.ws, w.stray_images, "img", " with the other images")
+
+
+def normalise_images(w: World, rng: random.Random) -> Draft:
+    article = rng.choice(w.articles)
+    return f.composite(
+        "Move the images to the static folder and fix one article's links:",
+        [
+            f.rename(w.ws, "img", "static/img"),
+            f.file_away(w.ws, w.stray_images, "assets/unsorted"),
+            f.edit(w.ws, article, "](../img/", "](/static/img/", every=True),
+        ],
+    )
+
+
+def release_docs(w: World, rng: random.Random) -> Draft:
+    draft = rng.choice(w.drafts)
+    others = [a for a in w.articles if a != draft]
+    return f.composite(
+        "Get the docs ready for the release:",
+        [
+            f.edit(w.ws, draft, "draft: true", "draft: false"),
+            f.append(w.ws, w.changelog, f"- Published {draft.split('/')[-1]}"),
+            f.delete_tree(w.ws, "site", "mkdocs.yml"),
+            f.copy(w.ws, rng.choice(others), "archive/previous.md"),
+        ],
+    )
+
+
+def new_article(w: World, rng: random.Random) -> Draft:
+    topic = rng.choice(["FAQ", "Glossary", "Migration checklist", "Known issues"])
+    slug = topic.lower().replace(" ", "-")
+    return f.composite(
+        "Start a new article and register it:",
+        [
+            f.write(
+                w.ws, f"docs/{slug}.md", ["---", f"title: {topic} | {w.product}", "draft: true", "---", f"# {topic}"]
+            ),
+            f.append(w.ws, "mkdocs.yml", f"  - {topic}: {slug}.md"),
+            f.grep_lines(w.ws, "title:", w.articles, "titles.txt"),
+            f.make_dirs(w.ws, [f"static/img/{slug}"]),
+        ],
+    )
+
+
+def migrate_to_kebab(w: World, rng: random.Random) -> Draft:
+    chosen = pick(rng, range(len(w.articles)), 3)
+    return f.composite(
+        "Migrate the docs to the new layout:",
+        [
+            *(f.rename(w.ws, w.articles[i], f"content/{w.slugs[i]}.md") for i in chosen),
+            f.rename(w.ws, "img", "static/img"),
+            f.delete_tree(w.ws, "site", "STYLE.md"),
+            f.file_away(w.ws, w.stray_images, "static/unsorted"),
+        ],
+    )
+
+
+def editorial_cleanup(w: World, rng: random.Random) -> Draft:
+    retired = rng.choice(w.articles)
+    return f.composite(
+        "Run the editorial clean-up before the docs freeze:",
+        [
+            f.file_away(w.ws, w.stray_images, "img"),
+            f.delete_tree(w.ws, "site", "mkdocs.yml"),
+            f.write(w.ws, "review/CHECKLIST.md", ["# Review", "- front matter", "- image paths", "- links"]),
+            f.copy(w.ws, "STYLE.md", "review/STYLE.md"),
+            f.rename(w.ws, retired, f"archive/{retired.split('/')[-1]}"),
+            f.count_lines(w.ws, w.changelog, "review/changelog_lines.txt"),
+        ],
+    )
+
+
+RECIPES = (
+    kebab_case,
+    publish_draft,
+    fix_image_paths,
+    list_drafts,
+    drop_build_output,
+    normalise_images,
+    release_docs,
+    new_article,
+    migrate_to_kebab,
+    editorial_cleanup,
+)
