@@ -58,9 +58,12 @@ class ChatDeltaBuilder:
     def delta(self, prefix_ids: Sequence[int], new_messages: Sequence[Message]) -> list[int]:
         """Tokens to append to `prefix_ids` (ending with an assistant reply) to add `new_messages` and prompt again."""
         extended = render(self.tokenizer, [*_PLACEHOLDER, *new_messages], add_generation_prompt=True)
-        if extended[: len(self._placeholder)] != self._placeholder:
-            raise ValueError("the chat template re-renders earlier turns when messages are appended; no delta exists")
-        after_turn = extended[len(self._placeholder) :]
+        # The placeholder reply's closing is the n-th eos (a template may re-render the turns before it, not this).
+        ends = [i for i, token in enumerate(extended) if token == self.eos][self._placeholder.count(self.eos) - 1 :]
+        closing_at = ends[0] if ends else -1
+        if closing_at < 0 or extended[closing_at : closing_at + len(self.turn_closing)] != self.turn_closing:
+            raise ValueError("the chat template does not close the assistant turn the same way once messages follow")
+        after_turn = extended[closing_at + len(self.turn_closing) :]
         closing = self.turn_closing[1:] if prefix_ids and prefix_ids[-1] == self.eos else self.turn_closing
         return [*closing, *after_turn]
 
