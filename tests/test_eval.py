@@ -258,3 +258,34 @@ def test_importing_eval_and_lineage_loads_no_numpy_or_matplotlib() -> None:
     code = "import fieldkit.eval, fieldkit.lineage, sys; print(sorted({'numpy', 'matplotlib'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_trial_metrics_feed_a_heldout_gate(tmp_path: Path) -> None:
+    from fieldkit.eval import trial_metrics
+    from fieldkit.lineage import LineageStore
+
+    gate = trial_metrics(hand_made_policies()["rl"])
+    assert gate == pytest.approx(
+        {
+            "heldout.task_pass": 0.75,
+            "heldout.per_assertion": 6 / 7,
+            "heldout.task_complete": 1.0,
+            "heldout.mean_turns": 3.5,
+            "heldout.mean_wall_s": 10.0,
+            "heldout.n_tasks": 4.0,
+            "heldout.n_episodes": 4.0,
+        }
+    )
+    store = LineageStore(tmp_path / "lineage.db")
+    stored = store.record_trial(
+        Trial(
+            run_id="rl",
+            kind="heldout-gate",
+            status="keep",
+            step=4,
+            metric_name="heldout.task_pass",
+            metric=gate["heldout.task_pass"],
+            metrics=gate,
+        )
+    )
+    assert store.best("rl", metric="heldout.per_assertion") == stored

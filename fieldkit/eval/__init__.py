@@ -1,6 +1,6 @@
 """Evaluation: the ClawGym metrics, matched comparison of policies with bootstrap intervals, pass@k, reports."""
 
-from fieldkit.eval.compare import Comparison, Delta, MetricValues, SliceResult, compare
+from fieldkit.eval.compare import Comparison, Delta, MetricValues, SliceResult, compare, trial_metrics
 from fieldkit.eval.inputs import EvalInputError, load_episodes, load_personas
 from fieldkit.eval.metrics import METRICS, RATE_METRICS, pass_at_k
 from fieldkit.eval.report import render_markdown, write_report
@@ -18,5 +18,6 @@ __all__ = [
     "load_personas",
     "pass_at_k",
     "render_markdown",
+    "trial_metrics",
     "write_report",
 ]

@@ -7,6 +7,7 @@ takes the percentile interval of the delta. The seed fixes the resamples: the sa
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -115,6 +116,20 @@ def compare(
         slices=slices,
         pass_at_k={label: {k: mean_pass_at_k(label, ordered[label], k) for k in k_values} for label in labels},
     )
+
+
+def trial_metrics(episodes: Sequence[Episode], prefix: str = "heldout") -> dict[str, float | None]:
+    """The headline metrics of one set of episodes as a lineage trial's metrics JSON: '<prefix>.task_pass', ...
+
+    The driver records one trial per held-out gate with these (its core metric is '<prefix>.task_pass').
+    """
+    outcomes = fold_episodes(prefix, episodes, {e.task_id: "" for e in episodes})
+    point = metric_values(slice_arrays([outcomes[t] for t in sorted(outcomes)]))
+    values: dict[str, float | None] = {}
+    for metric in METRICS:
+        value = float(point[metric])
+        values[f"{prefix}.{metric}"] = value if math.isfinite(value) else None  # per-assertion of no assertion
+    return {**values, f"{prefix}.n_tasks": float(len(outcomes)), f"{prefix}.n_episodes": float(len(episodes))}
 
 
 def _slice_specs(

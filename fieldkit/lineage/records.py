@@ -4,6 +4,16 @@ A trial is one measured attempt: a training step, a held-out gate, a baseline ev
 `kind` says what was measured; `status` says how it ended, in the shared vocabulary of the lineage ablation
 (arXiv 2605.05724), which the Reward record reuses. `hypothesis`, `status` and `notes` are the load-bearing fields:
 they are what a later reader (a person or an agent) needs to avoid repeating a dead end.
+
+How a training run records itself (the driver's conventions):
+- step 0: the held-out evaluation of the starting policy, kind "heldout-gate", status "baseline", id "<run>/gate-0000",
+  parent the SFT trial it starts from (if any);
+- each step: kind "rl-step", id "<run>/step-NNNN", parent the previous step (or gate-0000), core metric a training
+  score (e.g. "train.reward"), status "keep" when the update was applied, a failure class when it was not;
+- each held-out gate: kind "heldout-gate", id "<run>/gate-NNNN", parent the step whose adapter it scored, baseline
+  gate-0000, core metric "heldout.task_pass" with `fieldkit.eval.trial_metrics(...)` as its metrics, status "keep"
+  when it is the best gate so far, else "discard"; the adapter path in `artifacts["adapter"]`.
+Only held-out gates compete for "best" in such a run, so training-pool scores never select a checkpoint.
 """
 
 from __future__ import annotations
