@@ -215,6 +215,10 @@ def test_reading_a_missing_store_names_the_path(tmp_path: Path) -> None:
     with pytest.raises(LineageError, match=r"no lineage store at .*nowhere"):
         LineageStore(missing).trials()
     assert not missing.exists()
+    garbage = tmp_path / "notes.txt"
+    garbage.write_text("not a database, just notes\n" * 100)
+    with pytest.raises(LineageError, match=r"notes.txt: file is not a database"):
+        LineageStore(garbage).trials()
 
 
 def test_store_is_sqlite_in_wal_mode(tmp_path: Path) -> None:

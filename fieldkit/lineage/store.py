@@ -95,6 +95,8 @@ class LineageStore:
             if not self._schema_ready:
                 self._prepare(conn)
             yield conn
+        except sqlite3.DatabaseError as exc:
+            raise LineageError(f"{self.path}: {exc} (is this a fieldkit lineage store?)") from exc
         finally:
             conn.close()
 
