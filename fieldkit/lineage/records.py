@@ -68,8 +68,8 @@ class Trial(BaseModel):
 
     trial_id: str = Field("", description="globally unique; the driver uses '<run>/step-0007', '<run>/gate-0010'")
     run_id: str = Field(min_length=1)
-    parent_id: str | None = Field(None, description="the trial this one continues from (the previous step)")
-    baseline_id: str | None = Field(None, description="the trial this one is compared against")
+    parent_id: str | None = Field(default=None, description="the trial this one continues from (the previous step)")
+    baseline_id: str | None = Field(default=None, description="the trial this one is compared against")
     kind: TrialKind
     status: Status
     step: int | None = Field(default=None, ge=0, description="training step, for curves and the card")
