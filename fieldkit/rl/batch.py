@@ -14,26 +14,33 @@ from fieldkit.rl.advantages import group_advantages
 from fieldkit.rl.records import EpisodeAdvantages, TrainBatch, TrainSequence
 
 
-def episode_sequence(episode: Episode, advantages: EpisodeAdvantages) -> TrainSequence | None:
-    """The episode's tokens with per-token training fields; None when it sampled no token (nothing to train)."""
+def episode_tokens(episode: Episode) -> tuple[list[int], list[int]]:
+    """(token ids, assistant mask) of the whole episode, in the order the model read them."""
     ids: list[int] = []
     mask: list[int] = []
+    for turn in episode.turns:
+        ids += turn.prompt_token_ids + turn.response_token_ids
+        mask += [0] * len(turn.prompt_token_ids) + [1] * len(turn.response_token_ids)
+    return ids, mask
+
+
+def episode_sequence(episode: Episode, advantages: EpisodeAdvantages) -> TrainSequence | None:
+    """The episode's tokens with per-token training fields; None when it sampled no token (nothing to train)."""
+    ids, mask = episode_tokens(episode)
+    if not any(mask):
+        return None
+    if mask[0]:
+        raise ValueError(f"episode {episode.episode_id}: turn 0 has no prompt tokens; the first token needs context")
     behaviour: list[float] = []
     per_token_adv: list[float] = []
     turn_index: list[int] = []
     clip: list[float] = []
     for turn, adv, scale in zip(episode.turns, advantages.turn_advantages, advantages.turn_clip_scales, strict=True):
         n_ctx, n_resp = len(turn.prompt_token_ids), len(turn.response_token_ids)
-        ids += turn.prompt_token_ids + turn.response_token_ids
-        mask += [0] * n_ctx + [1] * n_resp
         behaviour += [0.0] * n_ctx + turn.response_logprobs
         per_token_adv += [0.0] * n_ctx + [adv] * n_resp
         turn_index += [-1] * n_ctx + [turn.index] * n_resp
         clip += [1.0] * n_ctx + [scale] * n_resp
-    if not any(mask):
-        return None
-    if mask[0]:
-        raise ValueError(f"episode {episode.episode_id}: turn 0 has no prompt tokens; the first token needs context")
     return TrainSequence(
         episode_id=episode.episode_id,
         group_id=episode.group_id,

@@ -6,8 +6,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fieldkit.config import RunConfig
 from fieldkit.rl.losses import Denominators, aggregate, kl_k3, policy_loss
@@ -18,6 +19,9 @@ from fieldkit.training.microbatch import MicroBatch, collate, plan_micro_batches
 from fieldkit.training.records import AdapterRef
 from fieldkit.training.reference import LoraReference
 from fieldkit.training.weight_delta import WeightDeltaTracker
+
+if TYPE_CHECKING:
+    from fieldkit.training.sft import SftExample
 
 
 class LoraPolicyTrainer:
@@ -136,6 +140,19 @@ class LoraPolicyTrainer:
         return AdapterRef(
             name=name, version=version, path=str(target.resolve()), rank=adapter_rank(self.model), probe=probe
         )
+
+    def warm_start(self, examples: Sequence[SftExample]) -> dict[str, float]:
+        """LoRA SFT of the resident adapter; it then becomes the KL reference (as the reference run's SFT-init
+        adapter did) and the optimizer starts fresh (the SFT moments belong to another objective)."""
+        import torch
+
+        from fieldkit.training.sft import run_sft
+
+        metrics = run_sft(self.model, self.tokenizer, examples, self.cfg.sft, seed=self.cfg.seed, device=self.device)
+        self.model.train()
+        self.optimizer = torch.optim.AdamW(self.params, lr=self.cfg.algorithm.learning_rate)
+        self.reference = LoraReference(self.model) if self.cfg.algorithm.kl_beta > 0 else None
+        return metrics
 
     def save_state(self, directory: Path) -> None:
         """Adapter, optimizer, reference and RNG under `directory` (replaced whole; see training.checkpoint)."""
