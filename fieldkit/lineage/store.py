@@ -176,6 +176,10 @@ class LineageStore:
             rows = conn.execute("SELECT run_id FROM trials GROUP BY run_id ORDER BY MIN(seq)").fetchall()
         return [row[0] for row in rows]
 
+    def has(self, trial_id: str) -> bool:
+        with self._connect(create=True) as conn:
+            return _exists(conn, trial_id)
+
     def get(self, trial_id: str) -> Trial:
         with self._connect(create=False) as conn:
             row = conn.execute("SELECT * FROM trials WHERE trial_id = ?", (trial_id,)).fetchone()

@@ -1,0 +1,89 @@
+"""The mesh of one run: policy server, sandbox pool, grader, rollout workers and learner, started together.
+
+`run_episodes` spreads episode specs over the rollout workers and shows progress; the driver, the held-out gate
+and the demo all go through it, so every episode anywhere is produced the same way.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from fieldkit.config import RunConfig
+from fieldkit.gym.records import Episode
+from fieldkit.gym.task import Task
+from services.grader import Grader
+from services.learner import Learner
+from services.policy.server import start_policy_server
+from services.rollout import EpisodeSpec, RolloutWorker
+from services.sandbox_pool import SandboxPool
+
+
+@dataclass
+class Mesh:
+    cfg: RunConfig
+    model_dir: str
+    policy: Any
+    pool: Any
+    grader: Any
+    workers: list[Any]
+    learner: Any
+
+    def shutdown(self) -> None:
+        for actor in [*self.workers, self.grader, self.pool, self.learner, self.policy]:
+            ray.kill(actor)
+
+
+def start_mesh(cfg: RunConfig, init_adapter: str | None = None) -> Mesh:
+    from fieldkit.training.lora_model import resolve_model_path
+
+    model_dir = str(resolve_model_path(cfg.model, cfg.paths.models_dir))
+    learner_gpu = cfg.resources.learner_gpu_fraction if cfg.resources.num_gpus > 0 else 0.0
+    learner = Learner.options(num_gpus=learner_gpu).remote(cfg, init_adapter)  # type: ignore[attr-defined]
+    policy = start_policy_server(cfg)
+    pool = SandboxPool.remote(cfg.sandbox)  # type: ignore[attr-defined]
+    grader = Grader.remote(cfg)  # type: ignore[attr-defined]
+    workers = [
+        RolloutWorker.remote(cfg, model_dir, policy, pool, grader)  # type: ignore[attr-defined]
+        for _ in range(cfg.rollout.workers)
+    ]
+    return Mesh(cfg, model_dir, policy, pool, grader, workers, learner)
+
+
+def episode_specs(
+    tasks: Sequence[Task], *, k: int, adapter: str | None, temperature: float, seed: int, prefix: str
+) -> list[EpisodeSpec]:
+    """K rollouts of each task; each task's rollouts form one group. Seeds are a function of (seed, position)."""
+    return [
+        EpisodeSpec(
+            task=task,
+            episode_id=f"{prefix}-t{i:03d}-k{j}",
+            group_id=f"{prefix}-t{i:03d}",
+            adapter=adapter,
+            temperature=temperature,
+            seed=seed * 100_003 + i * k + j,
+        )
+        for i, task in enumerate(tasks)
+        for j in range(k)
+    ]
+
+
+def run_episodes(mesh: Mesh, specs: Sequence[EpisodeSpec], label: str) -> list[Episode]:
+    """Run every spec on the workers (round-robin, one call per spec so progress is live); spec order is kept."""
+    workers = itertools.cycle(mesh.workers)
+    pending = {next(workers).run_one.remote(spec): i for i, spec in enumerate(specs)}
+    results: list[Episode | None] = [None] * len(specs)
+    columns = [TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    with Progress(*columns, transient=True) as progress:
+        bar = progress.add_task(label, total=len(specs))
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                results[pending.pop(ref)] = ray.get(ref)
+                progress.advance(bar)
+    return [e for e in results if e is not None]

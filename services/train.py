@@ -1,0 +1,266 @@
+"""The training driver: what `ray job submit` runs.
+
+    ray job submit --address http://127.0.0.1:8265 --working-dir . -- \
+        python -m services.train --config deploy/configs/demo-cpu.yaml [--resume]
+
+Per step: sample tasks from the training split (a function of seed and step), K rollouts each, graded; the episodes
+are written to disk before anything uses them; advantages -> one learner step -> the new adapter version published
+and hot-loaded into the policy server (verified by its probe) -> a checkpoint -> a lineage trial. Every
+`eval.every_n_steps` a held-out gate scores the current adapter at evaluation temperature; the run's best adapter
+is chosen on held-out score only. The run stops at max_steps, or when every group of a step had identical rewards
+(the pool is saturated). `--resume` continues after the last checkpoint; a step whose episodes were written before
+a crash reuses them, so no episode is lost or run twice. SIGTERM finishes the current step's checkpoint and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import signal
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import ray
+import yaml
+from rich.console import Console
+
+from fieldkit.config import ConfigError, RunConfig
+from fieldkit.eval import trial_metrics
+from fieldkit.gym.corpus import load_corpus
+from fieldkit.gym.records import Episode
+from fieldkit.gym.task import Task
+from fieldkit.lineage import LineageStore, Trial
+from fieldkit.lineage.provenance import capture_provenance
+from fieldkit.rl.batch import build_train_batch
+from fieldkit.runs import RunDir, atomic_write_bytes, atomic_write_json, atomic_write_jsonl, read_episodes, sample_tasks
+from fieldkit.training.records import AdapterRef
+from services.cluster import connect
+from services.mesh import Mesh, episode_specs, run_episodes, start_mesh
+
+console = Console()
+
+
+class TrainingRun:
+    def __init__(self, cfg: RunConfig, mesh: Mesh, tasks: dict[str, Task], train_ids: list[str], heldout: list[str]):
+        self.cfg = cfg
+        self.mesh = mesh
+        self.tasks = tasks
+        self.train_ids = train_ids
+        self.heldout = heldout[: cfg.eval.heldout_limit] if cfg.eval.heldout_limit else heldout
+        self.dir = RunDir(cfg.run_dir)
+        self.lineage = LineageStore(cfg.paths.lineage_db)
+        self.provenance = capture_provenance()
+        self.adapter: AdapterRef | None = None
+        self.best_metric: float | None = None
+        self.stop_requested = False
+
+    # ---- start / resume -------------------------------------------------------------------------------------
+    def start(self, resume: bool) -> int:
+        """Load the adapter to serve and return the first step to run."""
+        found = self.dir.latest_checkpoint() if resume else None
+        if found is None:
+            if self.dir.latest.exists():
+                raise SystemExit(f"{self.dir.root} already holds a run: pass --resume, or choose another run_name")
+            atomic_write_bytes(self.dir.root / "config.yaml", yaml.safe_dump(self.cfg.model_dump(mode="json")).encode())
+            self._publish(0)
+            self._gate(0)
+            return 1
+        step, path = found
+        state = json.loads((path / "state.json").read_text())
+        ray.get(self.mesh.learner.load_state.remote(str(path / "learner")))
+        self.adapter = AdapterRef.model_validate(state["adapter"])
+        ray.get(self.mesh.policy.load_adapter.remote(self.adapter))
+        self.best_metric = state["best_metric"]
+        console.print(f"resumed {self.cfg.run_name} after step {step}: serving adapter v{self.adapter.version}")
+        return step + 1
+
+    # ---- the loop -------------------------------------------------------------------------------------------
+    def run(self, first_step: int) -> str:
+        for step in range(first_step, self.cfg.max_steps + 1):
+            if self.stop_requested:
+                return "stopped by SIGTERM after a complete checkpoint"
+            saturated = self.step(step)
+            if step % self.cfg.eval.every_n_steps == 0 or step == self.cfg.max_steps or saturated:
+                self._gate(step)
+            self._checkpoint(step)
+            if saturated:
+                return f"saturated at step {step}: every group had identical rewards; grow the task pool"
+        return f"finished {self.cfg.max_steps} steps"
+
+    def step(self, step: int) -> bool:
+        """One training step; returns True when every group carried no signal (saturation)."""
+        walls: dict[str, float] = {}
+        started = time.perf_counter()
+        episodes = self._rollouts(step, walls)
+        groups: dict[str, list[Episode]] = defaultdict(list)
+        for episode in episodes:
+            if episode.stop_reason != "failed":  # a faulted episode has no trustworthy reward
+                groups[episode.group_id].append(episode)
+        batch = build_train_batch(list(groups.values()), self.cfg.algorithm)
+        learner_metrics: dict[str, float] = {}
+        if batch.sequences and batch.n_assistant_tokens:
+            t0 = time.perf_counter()
+            learner_metrics = ray.get(self.mesh.learner.step.remote(batch))
+            walls["train_s"] = time.perf_counter() - t0
+            self._publish(step, walls)
+        walls["step_s"] = time.perf_counter() - started
+        metrics = {
+            **trial_metrics(episodes, prefix="train"),
+            "train.reward": _mean([e.reward for e in episodes if e.reward is not None]),
+            "train.failed": float(sum(e.stop_reason == "failed" for e in episodes)),
+            "train.zero_signal_groups": float(batch.zero_signal_groups),
+            "train.groups": float(batch.groups),
+            **{f"learner.{k}": v for k, v in learner_metrics.items()},
+            **{f"wall.{k}": v for k, v in walls.items()},
+            "policy_version": float(self.adapter.version if self.adapter else 0),
+        }
+        atomic_write_json(self.dir.step_metrics(step), metrics)
+        self._record(step, "rl-step", "keep" if learner_metrics else "discard", "train.reward", metrics, walls)
+        self._show(step, metrics)
+        return batch.groups > 0 and batch.zero_signal_groups == batch.groups
+
+    def _rollouts(self, step: int, walls: dict[str, float]) -> list[Episode]:
+        path = self.dir.step_episodes(step)
+        if path.exists():  # written before a crash: reuse, never roll out twice
+            return read_episodes(path)
+        t0 = time.perf_counter()
+        ids = sample_tasks(self.train_ids, self.cfg.seed, step, self.cfg.rollout.tasks_per_step)
+        specs = episode_specs(
+            [self.tasks[i] for i in ids],
+            k=self.cfg.rollout.group_size,
+            adapter=self.adapter.name if self.adapter else None,
+            temperature=self.cfg.rollout.temperature,
+            seed=self.cfg.seed * 10_000 + step,
+            prefix=f"s{step:04d}",
+        )
+        episodes = run_episodes(self.mesh, specs, f"step {step} rollouts")
+        atomic_write_jsonl(path, episodes)
+        walls["rollout_s"] = time.perf_counter() - t0
+        return episodes
+
+    def _publish(self, version: int, walls: dict[str, float] | None = None) -> None:
+        t0 = time.perf_counter()
+        ref = ray.get(self.mesh.learner.publish.remote(version))
+        ray.get(self.mesh.policy.load_adapter.remote(ref))  # raises when the probe disagrees: never train blind
+        self.adapter = ref
+        if walls is not None:
+            walls["publish_s"] = time.perf_counter() - t0
+
+    def _gate(self, step: int) -> None:
+        """Held-out evaluation of the serving adapter; the best gate's adapter is copied to runs/<run>/best."""
+        path = self.dir.gate_episodes(step)
+        t0 = time.perf_counter()
+        if path.exists():
+            episodes = read_episodes(path)
+        else:
+            specs = episode_specs(
+                [self.tasks[i] for i in self.heldout],
+                k=1,
+                adapter=self.adapter.name if self.adapter else None,
+                temperature=self.cfg.eval.temperature,
+                seed=self.cfg.seed,
+                prefix=f"g{step:04d}",
+            )
+            episodes = run_episodes(self.mesh, specs, f"held-out gate @ step {step}")
+            atomic_write_jsonl(path, episodes)
+        metrics = trial_metrics(episodes, prefix="heldout")
+        score = metrics["heldout.per_assertion"] or 0.0
+        is_best = self.best_metric is None or score > self.best_metric
+        if is_best and self.adapter is not None:
+            self.best_metric = score
+            self._copy_best(Path(self.adapter.path))
+        status = "baseline" if step == 0 else ("keep" if is_best else "discard")
+        self._record(
+            step, "heldout-gate", status, "heldout.per_assertion", metrics, {"gate_s": time.perf_counter() - t0}
+        )
+        console.print(
+            f"[bold]held-out gate @ step {step}[/bold]: pass {metrics['heldout.task_pass']:.1%}, "
+            f"per-assertion {score:.1%}, task_complete {metrics['heldout.task_complete']:.1%}, "
+            f"turns {metrics['heldout.mean_turns']:.2f}{'  (best)' if is_best else ''}"
+        )
+
+    def _copy_best(self, adapter_dir: Path) -> None:
+        staging = self.dir.best.with_name("best.tmp")
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(adapter_dir, staging)
+        shutil.rmtree(self.dir.best, ignore_errors=True)
+        staging.rename(self.dir.best)
+
+    def _checkpoint(self, step: int) -> None:
+        path = self.dir.checkpoint(step)
+        ray.get(self.mesh.learner.save_state.remote(str(path / "learner")))
+        state = {"step": step, "adapter": self.adapter.model_dump(mode="json") if self.adapter else None}
+        atomic_write_json(path / "state.json", {**state, "best_metric": self.best_metric})
+        self.dir.mark_latest(step)
+
+    def _record(self, step: int, kind: str, status: str, metric_name: str, metrics: dict, walls: dict) -> None:
+        run = self.cfg.run_name
+        prefix = "gate" if kind == "heldout-gate" else "step"
+        trial_id = f"{run}/{prefix}-{step:04d}"
+        if self.lineage.has(trial_id):  # recorded before a crash; the resumed run replays the same step
+            return
+        parent = f"{run}/step-{step:04d}" if kind == "heldout-gate" and step else None
+        if kind == "rl-step":
+            parent = f"{run}/step-{step - 1:04d}" if step > 1 else f"{run}/gate-0000"
+        self.lineage.record_trial(
+            Trial(
+                trial_id=trial_id,
+                run_id=run,
+                parent_id=parent,
+                baseline_id=f"{run}/gate-0000" if step else None,
+                kind=kind,  # type: ignore[arg-type]
+                status=status,  # type: ignore[arg-type]
+                step=step,
+                hypothesis=f"{self.cfg.algorithm.name} on {self.cfg.model.name_or_path}, seed {self.cfg.seed}",
+                metric_name=metric_name,
+                metric=metrics.get(metric_name),
+                metrics={k: v for k, v in metrics.items() if isinstance(v, float | int)},
+                config=self.cfg.model_dump(mode="json"),
+                code_version=self.provenance.code_version,
+                seeds={"run": self.cfg.seed},
+                packages=self.provenance.packages,
+                wall=walls,
+                artifacts={"adapter": self.adapter.path} if self.adapter else {},
+            )
+        )
+
+    def _show(self, step: int, m: dict[str, Any]) -> None:
+        console.print(
+            f"step {step}/{self.cfg.max_steps}: reward {m['train.reward']:.3f}, "
+            f"task_complete {m['train.task_complete']:.0%}, turns {m['train.mean_turns']:.2f}, "
+            f"KL {m.get('learner.kl', 0.0):.4f}, failed {m['train.failed']:.0f} | "
+            + ", ".join(f"{k[5:]} {v:.1f}s" for k, v in m.items() if k.startswith("wall."))
+        )
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m services.train", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", required=True, type=Path, help="a RunConfig YAML (deploy/configs/)")
+    parser.add_argument("--resume", action="store_true", help="continue after the run's last checkpoint")
+    args = parser.parse_args(argv)
+    try:
+        cfg = RunConfig.from_yaml(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    connect(cfg.resources.ray_address)
+    tasks, split = load_corpus(cfg.paths.corpus_dir)
+    mesh = start_mesh(cfg, str(cfg.model.init_adapter) if cfg.model.init_adapter else None)
+    run = TrainingRun(cfg, mesh, {t.task_id: t for t in tasks}, split.train, split.heldout)
+    signal.signal(signal.SIGTERM, lambda *_: setattr(run, "stop_requested", True))
+    outcome = run.run(run.start(args.resume))
+    console.print(f"[bold green]{cfg.run_name}: {outcome}[/bold green]")
+    console.print(run.lineage.card(cfg.run_name))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
