@@ -36,6 +36,7 @@ class ModelConfig(Section):
     dtype: Literal["bfloat16", "float16", "float32"] = Field("bfloat16", description="weights dtype of engine+learner")
     max_model_len: int = Field(4096, ge=128, description="context cap of the engine; prompts beyond it are refused")
     tiny_seed: int = Field(0, ge=0, description="seed of the tiny model's weights (only for name_or_path: tiny)")
+    init_adapter: Path | None = Field(None, description="LoRA adapter the run starts from (an SFT warm start); None=fresh")
 
 
 class LoraConfig(Section):
