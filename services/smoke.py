@@ -1,65 +1,43 @@
-"""The smoke path of `fieldkit demo`: local Ray, the tiny model, one generation through the vLLM CPU engine.
+"""The smoke path of `fieldkit demo`: local Ray, the tiny model, the policy server on the vLLM CPU engine.
 
-It proves the three foundations every other piece stands on, in about a minute on 2 cores. The policy server
-(services/policy) replaces the bare engine here once it lands.
+It proves the foundations every other piece stands on, in about a minute on 2 cores: one chat generation from the
+base model, then a LoRA adapter hot-loaded into the running engine (verified by its probe) and a generation with it.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
 import ray
 
-from fieldkit.tiny_model import build_tiny_model
+from fieldkit.config import RunConfig
+from fieldkit.generation import GenerateRequest
 from services.cluster import connect
-
-ENGINE_ENV = {
-    "HF_HUB_OFFLINE": "1",  # nothing is downloaded at run time
-    "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),  # GB; the default would take 4+
-}
+from services.policy import start_policy_server
 
 
-@ray.remote(num_cpus=1, runtime_env={"env_vars": ENGINE_ENV})
-class SmokeEngine:
-    def __init__(self, model_dir: str) -> None:
-        from vllm import LLM
+def run_smoke(prompt: str = "List the files.", max_tokens: int = 16, config: RunConfig | None = None) -> dict[str, Any]:
+    from fieldkit.training.lora_model import resolve_model_path
+    from fieldkit.training.random_adapter import build_random_adapter
 
-        self.llm = LLM(model=model_dir, dtype="bfloat16", max_model_len=1024, seed=0)
-
-    def chat(self, prompt: str, max_tokens: int) -> dict[str, Any]:
-        from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
-
-        tokenizer = self.llm.get_tokenizer()
-        prompt_ids = list(
-            tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}],
-                add_generation_prompt=True,
-                tokenize=True,
-                return_dict=True,
-            )["input_ids"]
-        )
-        params = SamplingParams(max_tokens=max_tokens, temperature=1.0, seed=0, logprobs=0)
-        out = self.llm.generate([TokensPrompt(prompt_token_ids=prompt_ids)], params, use_tqdm=False)[0].outputs[0]
-        return {
-            "prompt_token_ids": prompt_ids,
-            "token_ids": list(out.token_ids),
-            "logprobs": [step[tok].logprob for tok, step in zip(out.token_ids, out.logprobs, strict=True)],
-            "text": out.text,
-            "finish_reason": out.finish_reason,
-        }
-
-
-def run_smoke(prompt: str = "List the files.", max_tokens: int = 16) -> dict[str, Any]:
     started = time.perf_counter()
+    config = config or RunConfig()
     cluster = connect()
-    model_dir = build_tiny_model()
-    engine = SmokeEngine.remote(str(model_dir.resolve()))  # type: ignore[attr-defined]
-    result = ray.get(engine.chat.remote(prompt, max_tokens))
-    ray.kill(engine)
+    server = start_policy_server(config)
+    try:
+        request = GenerateRequest(messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens, seed=0)
+        result = ray.get(server.generate.remote(request)).model_dump()
+        model_dir = resolve_model_path(config.model, config.paths.models_dir)
+        ref = build_random_adapter(model_dir, config.run_dir / "smoke-adapter", name="smoke", version=1)
+        loaded = ray.get(server.load_adapter.remote(ref))
+        adapted = ray.get(server.generate.remote(request.model_copy(update={"adapter": "smoke"})))
+        ray.get(server.shutdown.remote())
+    finally:
+        ray.kill(server)
+    result["adapter_load"] = loaded.model_dump()
+    result["adapter_generation"] = adapted.model_dump(include={"token_ids", "text", "adapter", "adapter_version"})
     result["dashboard_url"] = cluster.dashboard_url
-    result["model_dir"] = str(model_dir)
+    result["model_dir"] = model_dir
     result["wall_s"] = round(time.perf_counter() - started, 1)
     return result

@@ -1,4 +1,5 @@
-"""The smoke path of `make demo`: local Ray, the tiny model, a generation through the real vLLM CPU engine."""
+"""The smoke path of `make demo`: local Ray, the tiny model, the policy server on the real vLLM CPU engine, a
+LoRA adapter hot-loaded and verified."""
 
 from __future__ import annotations
 
@@ -24,3 +25,8 @@ def test_vllm_cpu_engine_generates_token_ids_and_logprobs(tiny_model_dir) -> Non
     assert all(lp <= 0.0 and math.isfinite(lp) for lp in result["logprobs"])
     assert result["finish_reason"] in {"length", "stop"}
     assert result["dashboard_url"].startswith("http://127.0.0.1:")
+    assert result["adapter_version"] == -1  # the first generation came from the base model
+    load = result["adapter_load"]
+    assert load["version"] == 1 and load["probe"]["passed"] and load["probe"]["distinguishable_from_base"]
+    assert result["adapter_generation"]["adapter_version"] == 1
+    assert result["adapter_generation"]["token_ids"]
