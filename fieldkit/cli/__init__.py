@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from fieldkit.cli import config, demo, eval, lineage, model
+from fieldkit.cli import config, demo, eval, gym, lineage, model, plan
 
 app = typer.Typer(
     help="fieldkit-mesh: agentic RL fine-tuning with LoRA on one GPU box, scaled out on Ray.",
@@ -20,4 +20,6 @@ app.add_typer(config.app, name="config")
 app.add_typer(model.app, name="model")
 app.add_typer(lineage.app, name="lineage")
 app.add_typer(eval.app, name="eval")
+app.add_typer(gym.app, name="gym")
 app.command("demo")(demo.demo)
+app.command("plan")(plan.plan)

@@ -1,0 +1,260 @@
+"""The planner's memory model against measurement: train real models on CPU and compare peak memory with the
+prediction for the same shape.
+
+Each case runs in a fresh process (peak RSS is a lifetime maximum) with glibc's mmap threshold pinned at 64 KiB, so
+every tensor above that is its own mapping, returned to the OS when freed: RSS then tracks live tensor bytes the way
+a GPU's max_memory_allocated does, without a caching allocator in between. The baseline is the process's RSS after
+torch, transformers and PEFT are imported and a warm-up step has loaded their kernels, measured in the same process
+just before the model is built; the figure compared is peak RSS minus that baseline over two optimizer steps
+(the second has AdamW's states). A saved-tensor hook also counts what autograd stores for backward (plus the logits
+the forward returns), which is compared with the planner's activation terms.
+
+CPU vs GPU accounting: the runs are fp32 (4 B weights, 4 B grads, 8 B AdamW states, no master copy: 16 B/param, the
+same as bf16 mixed precision's 2 + 2 + 12), with Hugging Face's eager RMSNorm and SDPA's flash path, and gradients
+allocated in backward and freed by zero_grad(set_to_none=True): the planner is asked for exactly that
+(dtype=float32, kernels=eager, grads=on_demand, no per-GPU CUDA overhead, no headroom). On a GPU, add the CUDA
+context and workspaces (overhead_gb) and the caching allocator's reserve (part of the headroom).
+
+Run: .venv/bin/python -m bench.planner_memory
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+MMAP_THRESHOLD = "65536"
+GOAL = 0.15  # the issue's goal: measured within ±15% of predicted
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    model: str  # "tiny" (fieldkit.tiny_model) or "medium" (a random-weight Qwen2 sized for this box)
+    method: str  # full | lora
+    seq: int
+    micro_batch: int
+    checkpointing: bool = False
+
+
+CASES = [
+    Case("tiny full", "tiny", "full", 1024, 4),
+    Case("tiny lora", "tiny", "lora", 1024, 4),
+    Case("medium full", "medium", "full", 256, 2),
+    Case("medium lora", "medium", "lora", 256, 2),
+    Case("medium lora + checkpointing", "medium", "lora", 256, 2, checkpointing=True),
+]
+MEDIUM = {  # ~63M parameters: large enough that weights and states dominate RSS noise, small enough for 2 cores
+    "hidden_size": 512,
+    "intermediate_size": 2816,  # 5.5 x hidden, Qwen2.5's SwiGLU ratio
+    "num_hidden_layers": 6,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 2,
+    "vocab_size": 32000,
+    "tie_word_embeddings": False,
+    "max_position_embeddings": 4096,
+}
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def build_model(case: Case) -> Any:
+    import torch
+    from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    if case.model == "tiny":
+        from fieldkit.tiny_model import build_tiny_model
+
+        path = build_tiny_model(REPO / "runs" / "models")
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa")
+    else:
+        torch.manual_seed(0)
+        model = Qwen2ForCausalLM(Qwen2Config(**MEDIUM, attn_implementation="sdpa")).float()
+    if case.method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        from fieldkit.config import LoraConfig as RunLora
+
+        defaults = RunLora()  # the project's defaults: r=16, alpha 32, dropout 0.05, all seven projections
+        lora = LoraConfig(
+            r=defaults.rank,
+            lora_alpha=defaults.alpha,
+            lora_dropout=defaults.dropout,
+            target_modules=defaults.target_modules,
+        )
+        model = get_peft_model(model, lora)
+    if case.checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if case.method == "lora":
+            model.enable_input_require_grads()
+    model.train()
+    return model
+
+
+def warm_up() -> None:
+    """One step of a throwaway model, so kernel libraries are loaded before the baseline is taken."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(
+        vocab_size=64,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=1,
+        num_attention_heads=1,
+        num_key_value_heads=1,
+        attn_implementation="sdpa",
+    )
+    model = Qwen2ForCausalLM(config)
+    ids = torch.randint(0, 64, (1, 16))
+    model(input_ids=ids, labels=ids).loss.backward()
+    torch.optim.AdamW(model.parameters()).step()
+
+
+def measure(case: Case) -> dict[str, Any]:
+    """In this (fresh) process: peak RSS over two training steps, and autograd's saved bytes in the second."""
+    import resource
+
+    import torch
+
+    torch.set_num_threads(2)
+    warm_up()
+    baseline = rss_bytes()
+    model = build_model(case)
+    config = (model.get_base_model() if case.method == "lora" else model).config.to_dict()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-5, foreach=False)  # CPU AdamW runs per tensor either way
+    ids = torch.randint(
+        0, config["vocab_size"], (case.micro_batch, case.seq), generator=torch.Generator().manual_seed(0)
+    )
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in params:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    for _ in range(2):
+        saved.clear()
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            out = model(input_ids=ids, labels=ids)
+        saved.setdefault(out.logits.untyped_storage().data_ptr(), out.logits.untyped_storage().nbytes())
+        out.loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        del out
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"peak_bytes": peak - baseline, "saved_bytes": sum(saved.values()), "config": config}
+
+
+def predict(case: Case, config: dict[str, Any]) -> dict[str, float]:
+    """The planner's figures for the same shape, asked for what the CPU run does."""
+    from fieldkit.capabilities.architecture import ModelArch
+    from fieldkit.capabilities.catalog import Hardware
+    from fieldkit.capabilities.layouts import Layout, LayoutSearch
+    from fieldkit.capabilities.memory import learner_terms
+    from fieldkit.capabilities.request import PlanRequest
+
+    arch = ModelArch.from_hf_config(config, name=case.model)
+    req = PlanRequest.build(
+        method=case.method,
+        seq=case.seq,
+        micro_batch=case.micro_batch,
+        dtype="float32",
+        device="cpu",
+        kernels="eager",
+        grads="on_demand",
+        recompute="full" if case.checkpointing else "none",
+        overhead_gb=0,
+        headroom=0,
+    )
+    host = Hardware(
+        name="cpu",
+        label="this box",
+        memory_gb=1000,
+        bandwidth_gbs=1,
+        interconnect="-",
+        interconnect_gbs=1,
+        bf16_tflops=1,
+        gpus_per_node=1,
+    )
+    terms = learner_terms(arch, req)
+    fit = LayoutSearch(arch, host, req, terms, []).evaluate(Layout(1, 1, 1, 0))
+    activations = sum(t.bytes for t in terms if t.kind == "activations")
+    return {"peak_bytes": fit.peak_bytes, "activation_bytes": activations}
+
+
+def run_case(case: Case) -> dict[str, Any]:
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": MMAP_THRESHOLD, "OMP_NUM_THREADS": "2", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.planner_memory", "--measure", json.dumps(asdict(case))],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{case.name}: measurement failed\n{done.stderr[-2000:]}")
+    measured = json.loads(done.stdout.strip().splitlines()[-1])
+    predicted = predict(case, measured["config"])
+    return {
+        "case": case.name,
+        "measured_peak_mb": measured["peak_bytes"] / 1e6,
+        "predicted_peak_mb": predicted["peak_bytes"] / 1e6,
+        "peak_ratio": measured["peak_bytes"] / predicted["peak_bytes"],
+        "measured_saved_mb": measured["saved_bytes"] / 1e6,
+        "predicted_activations_mb": predicted["activation_bytes"] / 1e6,
+        "activation_ratio": measured["saved_bytes"] / predicted["activation_bytes"],
+        "checkpointing": case.checkpointing,
+    }
+
+
+def main(cases: list[Case] | None = None) -> dict[str, Any]:
+    from rich.console import Console
+    from rich.table import Table
+
+    rows = [run_case(case) for case in cases or CASES]
+    table = Table(
+        "case",
+        "measured peak MB",
+        "predicted MB",
+        "measured/predicted",
+        "saved MB",
+        "pred. act. MB",
+        "ratio",
+        title="planner memory model vs CPU training (baseline: RSS after imports and warm-up, same run)",
+    )
+    for row in rows:
+        saved_ratio = "n/a (checkpointing)" if row["checkpointing"] else f"{row['activation_ratio']:.3f}"
+        table.add_row(
+            row["case"],
+            f"{row['measured_peak_mb']:.1f}",
+            f"{row['predicted_peak_mb']:.1f}",
+            f"{row['peak_ratio']:.3f}",
+            f"{row['measured_saved_mb']:.1f}",
+            f"{row['predicted_activations_mb']:.1f}",
+            saved_ratio,
+        )
+    Console().print(table)
+    within = all(abs(row["peak_ratio"] - 1) <= GOAL for row in rows)
+    print(f"goal ±{GOAL:.0%} on peak memory: {'met' if within else 'NOT met'} for every case")
+    return {"cases": rows, "goal_met": within}
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--measure"]:  # the child process of run_case
+        print(json.dumps(measure(Case(**json.loads(sys.argv[2])))))
+    else:
+        main()
