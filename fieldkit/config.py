@@ -218,6 +218,20 @@ class PathsConfig(Section):
     lineage_db: Path = Field(Path("runs/lineage.db"), description="the SQLite lineage store")
 
 
+class ServeConfig(Section):
+    host: str = Field("127.0.0.1", description="bind address of the endpoint; loopback unless exposed on purpose")
+    port: int = Field(8000, ge=1, le=65535, description="HTTP port of the Serve proxy, where local clients look")
+    app_name: str = Field(
+        "fieldkit", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="Serve application name; publishing finds it"
+    )
+    base_name: str | None = Field(
+        None, description="model id of the base model in /v1/models; None = the model's directory or hub name"
+    )
+    api_key: str | None = Field(
+        None, description="Bearer key clients must send; FIELDKIT_API_KEY overrides it; neither = no key asked"
+    )
+
+
 class RunConfig(Section):
     run_name: str = Field("demo", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="names runs/<run_name>/")
     seed: int = Field(0, ge=0, description="seeds task sampling, sampling and init")
@@ -231,6 +245,7 @@ class RunConfig(Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     paths: PathsConfig = Field(default_factory=PathsConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
 
     @property
     def run_dir(self) -> Path:

@@ -16,6 +16,7 @@ from pydantic import Field, model_validator
 
 from fieldkit.gym.records import Record
 from fieldkit.gym.task import Task
+from fieldkit.gym.validate import load_tasks
 from fieldkit.runs import atomic_write_bytes
 
 TASKS_FILE = "tasks.jsonl"
@@ -104,3 +105,14 @@ def split_tasks(tasks: Sequence[Task], split: Split) -> tuple[list[Task], list[T
     check_split(split, tasks, "split")
     by_id = {t.task_id: t for t in tasks}
     return [by_id[i] for i in split.train], [by_id[i] for i in split.heldout]
+
+
+def load_corpus(corpus_dir: str | Path) -> tuple[list[Task], Split]:
+    """tasks.jsonl and split.json of a built corpus (`fieldkit gym build`), checked against each other."""
+    corpus = Path(corpus_dir)
+    if not (corpus / TASKS_FILE).exists():
+        raise FileNotFoundError(f"no {TASKS_FILE} in {corpus}; build it with `fieldkit gym build --out {corpus}`")
+    tasks = load_tasks(corpus / TASKS_FILE)
+    split = load_split(corpus / SPLIT_FILE)
+    check_split(split, tasks, str(corpus / SPLIT_FILE))
+    return tasks, split
