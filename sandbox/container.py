@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import select
+import socket
 import time
-from typing import Any
 
 from fieldkit.gym.records import ExecResult, WorkspaceSeed
 from sandbox.base import SandboxError, WorkspaceSandbox, refuse_unrunnable
@@ -24,7 +24,7 @@ from sandbox.limits import SandboxLimits, bash_argv
 from sandbox.process import CappedStream, ProcessOutcome
 
 KILL_ALL = "kill -KILL -1 2>/dev/null"  # every process of the sandbox uid but the caller; never the keepalive uid
-KILL_GRACE_S = 5.0  # after the timeout kill, how long the exec stream may take to close
+KILL_TIMEOUT_S = 5.0  # the kill exec gets this long before the container is restarted instead
 LABEL = "fieldkit.sandbox"
 SANDBOX_USER = f"{SANDBOX_UID}:{SANDBOX_UID}"
 
@@ -71,12 +71,50 @@ class DockerSandbox(WorkspaceSandbox):
     def _workspace_owner(self, slot: int) -> int:
         return SANDBOX_UID
 
-    def _exec_create(self, argv: list[str]) -> str:
-        return self.api.exec_create(self.container.id, argv, user=SANDBOX_USER, workdir="/workspace")["Id"]
+    def _run(self, argv: list[str], timeout: float, streams: dict[int, CappedStream]) -> tuple[str, bool]:
+        """Start argv as the sandbox user and read its output until it ends or `timeout` passes.
+
+        Returns the exec id and whether it ended. The stream is read through our own deadline, never a blocking
+        SDK call: an exec the engine could not start (every pid of the cgroup taken) may never close its stream.
+        """
+        exec_id = self.api.exec_create(self.container.id, argv, user=SANDBOX_USER, workdir="/workspace")["Id"]
+        sock = self.api.exec_start(exec_id, socket=True)
+        raw = getattr(sock, "_sock", sock)
+        deadline = time.monotonic() + timeout
+        pending = bytearray()
+        try:
+            while (wait := deadline - time.monotonic()) > 0:
+                if not select.select([raw], [], [], wait)[0]:
+                    continue
+                chunk = raw.recv(1 << 16)
+                if not chunk:
+                    return exec_id, True
+                pending += chunk
+                while len(pending) >= 8 and len(pending) >= 8 + int.from_bytes(pending[4:8], "big"):
+                    size = int.from_bytes(pending[4:8], "big")  # frame: stream id, 3 zero bytes, size, payload
+                    streams.get(pending[0], streams[2]).add(bytes(pending[8 : 8 + size]))
+                    del pending[: 8 + size]
+            return exec_id, False
+        finally:
+            # shutdown, not just close: the SDK's response object still references this socket, and an engine
+            # left writing a flood into a half-open connection stalls every later exec of the container.
+            with contextlib.suppress(OSError):
+                raw.shutdown(socket.SHUT_RDWR)
+            sock.close()
 
     def _stop_processes(self) -> None:
-        if self.is_alive():
-            self.api.exec_start(self._exec_create(["/bin/bash", "-c", KILL_ALL]))
+        """Kill every process of the sandbox user; restart the container if that exec does not run (a fork bomb
+        holding every pid of the cgroup leaves no room for one more process)."""
+        if not self.is_alive():
+            return
+        sink = CappedStream(1024)
+        try:
+            kill, ended = self._run(["/bin/bash", "-c", f"{KILL_ALL}; exit 0"], KILL_TIMEOUT_S, {1: sink, 2: sink})
+            if ended and self.api.exec_inspect(kill).get("ExitCode") == 0:
+                return
+        except Exception:  # the engine refused the exec: the restart below still clears the container
+            pass
+        self.container.restart(timeout=0)
 
     def exec(self, command: str, timeout: float) -> ExecResult:
         self._check_open()
@@ -84,43 +122,14 @@ class DockerSandbox(WorkspaceSandbox):
             return refused
         start = time.monotonic()
         argv = bash_argv(command, self.limits, per_uid_processes=False, address_space=False, then=KILL_ALL)
+        stdout, stderr = CappedStream(self.limits.output_cap_bytes), CappedStream(self.limits.output_cap_bytes)
         try:
-            exec_id = self._exec_create(argv)
-            sock = self.api.exec_start(exec_id, socket=True)
+            exec_id, ended = self._run(argv, timeout, {1: stdout, 2: stderr})
         except Exception as exc:
             return ExecResult(exit_code=-1, duration_s=time.monotonic() - start, error=f"docker exec failed: {exc}")
-        stdout, stderr = CappedStream(self.limits.output_cap_bytes), CappedStream(self.limits.output_cap_bytes)
-        timed_out = self._pump(sock, {1: stdout, 2: stderr}, start + timeout)
-        return self._result(exec_id, stdout, stderr, timed_out, time.monotonic() - start)
-
-    def _pump(self, sock: Any, streams: dict[int, CappedStream], deadline: float) -> bool:
-        """Read the exec's multiplexed stream (8-byte frame headers) until it closes. True if it timed out."""
-        raw = getattr(sock, "_sock", sock)
-        pending = bytearray()
-        timed_out = False
-        try:
-            while True:
-                wait = deadline - time.monotonic()
-                if wait <= 0:
-                    if timed_out:  # the kill did not close the stream: give up on it
-                        break
-                    timed_out = True
-                    self._stop_processes()
-                    deadline = time.monotonic() + KILL_GRACE_S
-                    continue
-                if not select.select([raw], [], [], wait)[0]:
-                    continue
-                chunk = raw.recv(1 << 16)
-                if not chunk:
-                    break
-                pending += chunk
-                while len(pending) >= 8 and len(pending) >= 8 + int.from_bytes(pending[4:8], "big"):
-                    size = int.from_bytes(pending[4:8], "big")
-                    streams.get(pending[0], streams[2]).add(bytes(pending[8 : 8 + size]))
-                    del pending[: 8 + size]
-        finally:
-            sock.close()
-        return timed_out
+        if not ended:
+            self._stop_processes()
+        return self._result(exec_id, stdout, stderr, not ended, time.monotonic() - start)
 
     def _result(
         self, exec_id: str, stdout: CappedStream, stderr: CappedStream, timed_out: bool, duration: float

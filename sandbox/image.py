@@ -37,11 +37,11 @@ REQUIRED_COMMANDS = (
     "bash sh cat ls cp mv rm mkdir rmdir touch ln chmod head tail wc sort uniq cut tr tee echo printf pwd "
     "basename dirname realpath readlink stat du df date env sleep true false test [ expr seq yes id whoami "
     "md5sum sha1sum sha256sum base64 od comm join paste split fold fmt nl tac shuf truncate mktemp timeout nproc "
-    "uname printenv install dd numfmt csplit expand unexpand sum cksum "
+    "uname printenv install dd numfmt csplit expand unexpand sum cksum nohup "
     "find xargs grep sed gawk awk"
 ).split()
 SHELL_PATHS = ("/bin/bash", "/bin/sh")  # the paths scripts and our own wrapper run (via /bin -> usr/bin if merged)
-OPTIONAL_COMMANDS = "egrep fgrep diff cmp diff3 sdiff tar gzip gunzip zcat getent".split()
+OPTIONAL_COMMANDS = "egrep fgrep diff cmp diff3 sdiff tar gzip gunzip zcat getent setsid".split()
 
 ETC_FILES = {
     "etc/passwd": (
