@@ -48,8 +48,9 @@ class Layout:
 
     @property
     def family(self) -> str:
-        parts = [name for name, degree in (("TP", self.tp), ("PP", self.pp)) if degree > 1]
-        return " + ".join([*parts, "DP"]) if parts else "DP"
+        """Which kinds of parallelism the learner uses: 'TP + PP + DP', 'DP', ... or 'one GPU'."""
+        parts = [name for name, degree in (("TP", self.tp), ("PP", self.pp), ("DP", self.dp)) if degree > 1]
+        return " + ".join(parts) or "one GPU"
 
     @property
     def label(self) -> str:
