@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from fieldkit.cli import config, demo, eval, gym, lineage, model, plan
+from fieldkit.cli import config, demo, eval, gym, lineage, model, plan, serve
 
 app = typer.Typer(
     help="fieldkit-mesh: agentic RL fine-tuning with LoRA on one GPU box, scaled out on Ray.",
@@ -23,3 +23,4 @@ app.add_typer(eval.app, name="eval")
 app.add_typer(gym.app, name="gym")
 app.command("demo")(demo.demo)
 app.command("plan")(plan.plan)
+app.command("serve")(serve.serve)

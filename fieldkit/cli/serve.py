@@ -1,0 +1,60 @@
+"""`fieldkit serve`: the OpenAI-compatible endpoint over the base model and trained adapters, in the foreground."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from fieldkit.cli.config import load_config
+from fieldkit.cli.console import console, err_console
+from fieldkit.config import RunConfig
+
+
+def serve(
+    adapter: Annotated[
+        list[Path] | None,
+        typer.Option("--adapter", help="adapter directory to serve, e.g. runs/<run>/best (repeatable)"),
+    ] = None,
+    name: Annotated[
+        list[str] | None,
+        typer.Option("--name", help="model id of each --adapter, in order (default: its ref file's or dir's name)"),
+    ] = None,
+    port: Annotated[int | None, typer.Option("--port", min=1, max=65535, help="HTTP port (serve.port)")] = None,
+    host: Annotated[str | None, typer.Option("--host", help="bind address (serve.host, 127.0.0.1)")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="RunConfig YAML: model, engine, paths")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the endpoint as JSON once it serves")] = False,
+) -> None:
+    """Serve the base model and adapters at http://HOST:PORT/v1 until interrupted (Ctrl-C stops it)."""
+    adapters = adapter or []
+    names = name or []
+    if len(names) > len(adapters):
+        err_console.print(f"[red]error:[/red] {len(names)} --name for {len(adapters)} --adapter")
+        raise typer.Exit(2)
+    cfg = load_config(config) if config else RunConfig()
+    overrides = {k: v for k, v in {"port": port, "host": host}.items() if v is not None}
+    cfg = cfg.model_copy(update={"serve": cfg.serve.model_copy(update=overrides)})
+
+    from services.serve import AdapterSource, start_endpoint, stop_endpoint
+    from services.serve.adapters import AdapterDirError
+
+    sources = [AdapterSource(path, names[i] if i < len(names) else None) for i, path in enumerate(adapters)]
+    try:
+        with console.status("starting Ray Serve and the policy engine"):
+            endpoint = start_endpoint(cfg, sources)
+    except (AdapterDirError, ValueError) as exc:
+        err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    if as_json:
+        print(json.dumps({"base_url": endpoint.base_url, "models": endpoint.models, "ray": endpoint.ray_dashboard_url}))
+    else:
+        console.print(f"[green]serving[/green] {endpoint.base_url}  models: {', '.join(endpoint.models)}")
+        console.print(f"Ray dashboard: {endpoint.ray_dashboard_url}   (Ctrl-C stops the endpoint)")
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        stop_endpoint(cfg.serve.app_name)
