@@ -24,6 +24,7 @@ def loaded_after(statement: str) -> list[str]:
         "fieldkit.training.logprobs",
         "fieldkit.generation, fieldkit.chat_tokens, fieldkit.training.probe, fieldkit.training.random_adapter",
         "fieldkit.lineage, fieldkit.eval, fieldkit.cli.lineage, fieldkit.cli.eval",
+        "fieldkit.capabilities, fieldkit.capabilities.planner, fieldkit.capabilities.ray_layout, fieldkit.cli.plan",
     ],
 )
 def test_fieldkit_imports_no_heavy_runtime(modules: str) -> None:
