@@ -25,6 +25,8 @@ def loaded_after(statement: str) -> list[str]:
         "fieldkit.generation, fieldkit.chat_tokens, fieldkit.training.probe, fieldkit.training.random_adapter",
         "fieldkit.lineage, fieldkit.eval, fieldkit.cli.lineage, fieldkit.cli.eval",
         "fieldkit.capabilities, fieldkit.capabilities.planner, fieldkit.capabilities.ray_layout, fieldkit.cli.plan",
+        "fieldkit.gym.generator, fieldkit.gym.grader, fieldkit.gym.protocol, fieldkit.gym.synth, fieldkit.gym.corpus, "
+        "fieldkit.gym.oracle, fieldkit.gym.validate, fieldkit.reward, fieldkit.client, fieldkit.cli.gym",
     ],
 )
 def test_fieldkit_imports_no_heavy_runtime(modules: str) -> None:

@@ -74,7 +74,9 @@ def build(
     if failed:
         err_console.print(f"[red]{len(failed)} of {len(tasks)} oracles failed; nothing written[/red]")
         for verdict in failed[:20]:
-            err_console.print(f"  {verdict.task_id}: {'; '.join(verdict.problems)}", markup=False, highlight=False)
+            err_console.print(
+                f"  {verdict.task_id}: {'; '.join(verdict.problems)}", markup=False, highlight=False, soft_wrap=True
+            )
         raise typer.Exit(1)
     try:
         split = write_corpus(out, tasks, train, seed)
@@ -108,7 +110,9 @@ def validate(path: Annotated[Path, typer.Argument(help="a tasks.jsonl file")]) -
     tasks, problems = validate_file(path)
     if problems:
         for problem in problems:
-            err_console.print(f"{path}:{problem.line}: {problem.message}", markup=False, highlight=False)
+            err_console.print(
+                f"{path}:{problem.line}: {problem.message}", markup=False, highlight=False, soft_wrap=True
+            )
         err_console.print(f"[red]{len(problems)} problem(s)[/red]")
         raise typer.Exit(1)
     console.print(f"[green]ok[/green] {path}: {len(tasks)} valid tasks")

@@ -1,0 +1,138 @@
+"""The corpus generator: deterministic bytes, the task mix, every oracle passing in a real sandbox, the frozen split."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+from conftest import require_sandbox_backend
+from typer.testing import CliRunner
+
+from fieldkit.gym.corpus import SPLIT_FILE, TASKS_FILE, load_corpus, make_split, task_lines, write_corpus
+from fieldkit.gym.generator import generate_tasks
+from fieldkit.gym.grader import grade
+from fieldkit.gym.oracle import check_task, check_tasks
+from fieldkit.gym.personas import personas
+from fieldkit.gym.task import DIFFICULTY_STEPS, FileExists
+from fieldkit.gym.workspace import seed_snapshot
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return generate_tasks(25, 0)
+
+
+@pytest.fixture(scope="module")
+def local_runner():
+    from fieldkit.cli.gym import sandbox_runner
+
+    return sandbox_runner("local")
+
+
+def test_same_seed_same_bytes_other_seed_other_tasks(corpus) -> None:
+    assert task_lines(generate_tasks(25, 0)) == task_lines(corpus)
+    other = generate_tasks(25, 1)
+    assert task_lines(other) != task_lines(corpus)
+    assert [t.task_id for t in other] == [t.task_id for t in corpus]
+
+
+def test_two_hundred_tasks_with_the_reference_shape(corpus) -> None:
+    assert len(corpus) == 200
+    assert len({t.task_id for t in corpus}) == 200
+    assert Counter(t.persona.role for t in corpus) == {p.role: 25 for p in personas()}
+    difficulty = Counter(t.difficulty for t in corpus)
+    assert set(difficulty) == {"easy", "medium", "hard"}
+    assert difficulty["easy"] >= 100  # most tasks stay learnable by a small model
+    assert sum(len(t.reference_solution) <= 2 for t in corpus) >= 100
+    for task in corpus:
+        assert 2 <= len(task.verifiable_assertions) <= 6, task.task_id
+        assert task.estimated_steps == len(task.reference_solution)
+        low, high = DIFFICULTY_STEPS[task.difficulty]
+        assert low <= task.estimated_steps <= (high or 99)
+    for role in {t.persona.role for t in corpus}:
+        intents = [t.intent for t in corpus if t.persona.role == role]
+        assert len(set(intents)) == len(intents), role
+
+
+def test_the_do_nothing_agent_fails_every_task(corpus) -> None:
+    for task in corpus:
+        assert not grade(task, seed_snapshot(task.workspace_seed)).passed, task.task_id
+
+
+def test_other_seeds_generate_without_template_errors() -> None:
+    for seed in range(1, 4):
+        assert len(generate_tasks(25, seed)) == 200
+
+
+def test_all_200_oracles_pass_in_a_local_sandbox(corpus, local_runner) -> None:
+    verdicts = list(check_tasks(corpus, local_runner, workers=2))
+    failed = {v.task_id: v.problems for v in verdicts if not v.ok}
+    assert failed == {}
+    assert all(v.grade is not None and v.grade.passed for v in verdicts)
+
+
+def test_a_wrong_oracle_or_a_vacuous_task_is_reported(corpus, local_runner) -> None:
+    task = corpus[0]  # rename a level file
+    wrong = task.model_copy(update={"reference_solution": ["ls", "cat no-such-file"]})
+    verdict = check_task(wrong, local_runner)
+    assert not verdict.ok
+    assert any("exited 1" in p for p in verdict.problems)
+    assert any(p.startswith("assertion file_exists") for p in verdict.problems)
+    vacuous = task.model_copy(update={"verifiable_assertions": [FileExists(path=task.workspace_seed.files[0].path)]})
+    assert "the untouched seed already passes every assertion" in check_task(vacuous, local_runner).problems
+
+
+def test_split_is_stratified_seeded_and_frozen_on_disk(tmp_path, corpus) -> None:
+    split = make_split(corpus, 42, 0)
+    assert (len(split.train), len(split.heldout)) == (42, 158)
+    assert set(split.train).isdisjoint(split.heldout)
+    per_persona = Counter(tid.rsplit("-", 1)[0] for tid in split.train)
+    assert set(per_persona.values()) <= {5, 6} and sum(per_persona.values()) == 42
+    assert make_split(corpus, 42, 0) == split and make_split(corpus, 42, 1) != split
+
+    write_corpus(tmp_path, corpus, 42, 0)
+    frozen = json.loads((tmp_path / SPLIT_FILE).read_text())
+    frozen["train"], frozen["heldout"] = frozen["heldout"][:10], frozen["heldout"][10:] + frozen["train"]
+    (tmp_path / SPLIT_FILE).write_text(json.dumps(frozen))
+    reused = write_corpus(tmp_path, corpus, 42, 7)  # another seed asked for: the split on disk wins
+    assert reused.train == frozen["train"]
+    tasks, loaded = load_corpus(tmp_path)
+    assert loaded == reused and len(tasks) == 200
+
+    with pytest.raises(ValueError, match="not in the split"):
+        write_corpus(tmp_path, generate_tasks(26, 0), 42, 0)
+    assert (tmp_path / TASKS_FILE).read_bytes() == task_lines(corpus)  # nothing overwritten on error
+
+
+def test_cli_build_is_byte_identical_and_reports_the_corpus(tmp_path) -> None:
+    from fieldkit.cli import app
+
+    outputs = []
+    for name in ("a", "b"):
+        result = CliRunner().invoke(
+            app, ["gym", "build", "--out", str(tmp_path / name), "--backend", "local", "--workers", "2", "--json"]
+        )
+        assert result.exit_code == 0, result.output
+        outputs.append(json.loads(result.stdout.strip().splitlines()[-1]))
+    assert outputs[0] == {**outputs[1], "out": outputs[0]["out"]}
+    assert (outputs[0]["tasks"], outputs[0]["train"], outputs[0]["heldout"], outputs[0]["oracles_passed"]) == (
+        200,
+        42,
+        158,
+        200,
+    )
+    for name in (TASKS_FILE, SPLIT_FILE):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+@pytest.mark.sandbox
+def test_oracles_pass_in_an_isolating_sandbox(corpus) -> None:
+    from fieldkit.cli.gym import sandbox_runner
+    from sandbox.probe import backend_problem
+
+    backend = "docker" if backend_problem("docker") is None else require_sandbox_backend("bwrap")
+    sample = [t for t in corpus if int(t.task_id[-3:]) in (0, 5, 9)]  # an easy, a medium and a hard per persona
+    verdicts = list(check_tasks(sample, sandbox_runner(backend), workers=4))
+    assert {v.task_id: v.problems for v in verdicts if not v.ok} == {}
+    assert len(verdicts) == 24
