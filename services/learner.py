@@ -19,10 +19,10 @@ from fieldkit.training.sft import SftExample
 
 @ray.remote(num_cpus=1)
 class Learner:
-    def __init__(self, config: RunConfig, init_adapter: str | None = None) -> None:
+    def __init__(self, config: RunConfig) -> None:
         from fieldkit.training.trainer import LoraPolicyTrainer
 
-        self._trainer = LoraPolicyTrainer(config, init_adapter=init_adapter)
+        self._trainer = LoraPolicyTrainer(config)  # starts from model.init_adapter when set
 
     def step(self, batch: TrainBatch) -> dict[str, float]:
         """One RL step; metrics: loss, policy_loss, kl, entropy, grad_norm, clip_fraction, weight_delta_l2/max,
@@ -49,9 +49,9 @@ class Learner:
         return self._trainer.steps_done
 
 
-def start_learner(config: RunConfig, *, init_adapter: str | None = None, name: str | None = None) -> Any:
+def start_learner(config: RunConfig, *, name: str | None = None) -> Any:
     """Create the Learner actor with the config's GPU share and wait until its model is loaded."""
     gpu_fraction = config.resources.learner_gpu_fraction if config.resources.num_gpus > 0 else 0.0
-    learner = Learner.options(name=name, num_gpus=gpu_fraction).remote(config, init_adapter)  # type: ignore[attr-defined]
+    learner = Learner.options(name=name, num_gpus=gpu_fraction).remote(config)  # type: ignore[attr-defined]
     ray.get(learner.steps_done.remote())  # raises here, not at the first step, if the model cannot load
     return learner

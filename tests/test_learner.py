@@ -31,7 +31,7 @@ def learner_config(tmp_path: Path, **algorithm) -> RunConfig:
     return RunConfig.model_validate(
         {
             "run_name": "learner-test",
-            "model": {"max_model_len": 512},  # bfloat16, as the engine runs it
+            "model": {"max_model_len": 512},  # engine in bfloat16, learner in float32 (auto on CPU)
             "lora": {"rank": 8, "alpha": 16, "dropout": 0.0},
             "algorithm": {"learning_rate": 5e-3, **algorithm},
             "paths": {"runs_dir": str(tmp_path), "models_dir": str(REPO / "runs" / "models")},

@@ -20,7 +20,7 @@ from fieldkit.training.trainer import LoraPolicyTrainer  # noqa: E402
 def run_config(tiny_model_dir: Path, tmp_path: Path, **algorithm) -> RunConfig:
     return RunConfig(
         run_name="t",
-        model=ModelConfig(dtype="float32"),  # exact comparisons; the bf16 path is the benchmark's
+        model=ModelConfig(learner_dtype="float32"),  # what auto picks on CPU; explicit for exact comparisons
         lora=LoraConfig(rank=8, alpha=16, dropout=0.0),
         algorithm=AlgorithmConfig(**{"learning_rate": 2e-3, **algorithm}),
         paths=PathsConfig(runs_dir=tmp_path, models_dir=tiny_model_dir.parent),
@@ -138,3 +138,18 @@ def test_an_incomplete_checkpoint_and_an_empty_batch_are_refused(tiny_model_dir:
         trainer.load_state(tmp_path / "half")
     with pytest.raises(ValueError, match="no sampled tokens"):
         trainer.step(build_train_batch([], trainer.cfg.algorithm))
+
+
+def test_a_published_adapter_is_a_starting_point_with_the_same_probe(tiny_model_dir: Path, tmp_path: Path) -> None:
+    cfg = run_config(tiny_model_dir, tmp_path)
+    trainer = LoraPolicyTrainer(cfg)
+    trainer.step(fixed_batch(tiny_model_dir, [1.0, 0.0], cfg.algorithm))
+    trainer.step(fixed_batch(tiny_model_dir, [1.0, 0.0], cfg.algorithm))
+    ref = trainer.publish(1)
+    assert Path(ref.path).name == "t-v1" and ref.rank == 8
+    assert trainer.publish(1).probe == ref.probe  # republishing a version replaces it in place
+
+    model = cfg.model.model_copy(update={"init_adapter": Path(ref.path)})
+    started = LoraPolicyTrainer(cfg.model_copy(update={"model": model}))
+    again = started.publish(2)
+    assert again.probe.logprobs == pytest.approx(ref.probe.logprobs, abs=1e-5)

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 
 class LoraPolicyTrainer:
-    def __init__(self, cfg: RunConfig, *, init_adapter: str | Path | None = None, device: str | None = None) -> None:
+    def __init__(self, cfg: RunConfig, *, device: str | None = None) -> None:
         import torch
 
         self.cfg = cfg
@@ -33,7 +33,11 @@ class LoraPolicyTrainer:
         torch.manual_seed(cfg.seed)
         self.model_path = resolve_model_path(cfg.model, cfg.paths.models_dir)
         self.model, self.tokenizer = load_lora_model(
-            self.model_path, cfg.lora, dtype=cfg.model.dtype, device=self.device, adapter_dir=init_adapter
+            self.model_path,
+            cfg.lora,
+            dtype=self.dtype,
+            device=self.device,
+            adapter_dir=cfg.model.init_adapter,  # an SFT warm start; None = a fresh adapter
         )
         self.model.train()
         self.params = [p for p in self.model.parameters() if p.requires_grad]
@@ -42,6 +46,13 @@ class LoraPolicyTrainer:
         self.reference = LoraReference(self.model) if cfg.algorithm.kl_beta > 0 else None
         self.delta = WeightDeltaTracker(self.model)
         self.steps_done = 0
+
+    @property
+    def dtype(self) -> str:
+        """model.learner_dtype; auto = the engine's dtype on GPU, float32 on CPU (bf16 is emulated there)."""
+        if self.cfg.model.learner_dtype != "auto":
+            return self.cfg.model.learner_dtype
+        return self.cfg.model.dtype if self.device != "cpu" else "float32"
 
     @property
     def norm_length(self) -> int:
