@@ -20,19 +20,10 @@ app = typer.Typer(help="ClawGym: build, validate and grade tasks; parse agent re
 BACKEND_HELP = "sandbox for the oracle runs: auto (docker > bwrap > local), docker, bwrap or local"
 
 
-def sandbox_runner(backend: str = "auto", timeout_s: float = 10.0) -> Runner:
-    """A Runner over real sandboxes: a fresh one per call, seeded, each command run in order, snapshot, closed."""
-    from fieldkit.gym.oracle import OracleRun
-    from sandbox import create_sandbox, resolve_backend
+def sandbox_runner(backend: str = "auto") -> Runner:
+    from sandbox.runner import oracle_runner
 
-    resolved = resolve_backend(backend)  # fail once, here, when the backend cannot run on this machine
-
-    def run(seed, commands):  # type: ignore[no-untyped-def]
-        with create_sandbox(seed, backend=resolved) as box:
-            results = [box.exec(command, timeout_s) for command in commands]
-            return OracleRun(results=results, snapshot=box.snapshot())
-
-    return run
+    return oracle_runner(backend)
 
 
 def _check_with_progress(tasks: list[Task], runner: Runner, workers: int) -> list[OracleVerdict]:
