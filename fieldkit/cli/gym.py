@@ -20,12 +20,6 @@ app = typer.Typer(help="ClawGym: build, validate and grade tasks; parse agent re
 BACKEND_HELP = "sandbox for the oracle runs: auto (docker > bwrap > local), docker, bwrap or local"
 
 
-def sandbox_runner(backend: str = "auto") -> Runner:
-    from sandbox.runner import oracle_runner
-
-    return oracle_runner(backend)
-
-
 def _check_with_progress(tasks: list[Task], runner: Runner, workers: int) -> list[OracleVerdict]:
     from rich.progress import Progress
 
@@ -55,12 +49,13 @@ def build(
 
     from fieldkit.gym.corpus import write_corpus
     from fieldkit.gym.generator import generate_tasks
+    from sandbox.runner import oracle_runner
 
     tasks = generate_tasks(per_persona, seed)
     if not 0 <= train <= len(tasks):
         err_console.print(f"[red]--train {train} must be within 0..{len(tasks)}[/red]")
         raise typer.Exit(2)
-    verdicts = _check_with_progress(tasks, sandbox_runner(backend), workers)
+    verdicts = _check_with_progress(tasks, oracle_runner(backend), workers)
     failed = [v for v in verdicts if not v.ok]
     if failed:
         err_console.print(f"[red]{len(failed)} of {len(tasks)} oracles failed; nothing written[/red]")
@@ -181,9 +176,10 @@ def synth(
     from fieldkit.gym.corpus import task_lines
     from fieldkit.gym.synth import synthesise
     from fieldkit.runs import atomic_write_bytes
+    from sandbox.runner import oracle_runner
 
     with ChatClient(base_url, model, api_key=os.environ.get(api_key_env)) as client:
-        report = synthesise(client, sandbox_runner(backend), per_persona, seed, persona, temperature)
+        report = synthesise(client, oracle_runner(backend), per_persona, seed, persona, temperature)
     atomic_write_bytes(out, task_lines(report.kept))
     if as_json:
         kept = [t.task_id for t in report.kept]
