@@ -39,7 +39,9 @@ class ModelConfig(Section):
     )
     max_model_len: int = Field(4096, ge=128, description="context cap of the engine; prompts beyond it are refused")
     tiny_seed: int = Field(0, ge=0, description="seed of the tiny model's weights (only for name_or_path: tiny)")
-    init_adapter: Path | None = Field(None, description="LoRA adapter the run starts from (an SFT warm start); None=fresh")
+    init_adapter: Path | None = Field(
+        None, description="LoRA adapter the run starts from (an SFT warm start); None=fresh"
+    )
 
 
 class LoraConfig(Section):
@@ -165,6 +167,10 @@ class SftConfig(Section):
     epochs: int = Field(1, ge=1, description="one epoch, as in the reference SFT run")
     batch_size: int = Field(4, ge=1, description="sequences per optimizer step")
     max_length: int = Field(4096, ge=16, description="longer examples are truncated from the end")
+    warm_start: bool = Field(False, description="LoRA SFT on oracle transcripts of the training split before RL")
+    with_stop: bool = Field(
+        False, description="end each transcript with TASK_COMPLETE; the reference's SFT corpus had no clean stops"
+    )
 
 
 class RolloutConfig(Section):

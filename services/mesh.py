@@ -18,10 +18,10 @@ from fieldkit.config import RunConfig
 from fieldkit.gym.records import Episode
 from fieldkit.gym.task import Task
 from services.grader import Grader
-from services.learner import Learner
+from services.learner import start_learner
 from services.policy.server import start_policy_server
 from services.rollout import EpisodeSpec, RolloutWorker
-from services.sandbox_pool import SandboxPool
+from services.sandbox_pool import start_pools
 
 
 @dataclass
@@ -29,30 +29,30 @@ class Mesh:
     cfg: RunConfig
     model_dir: str
     policy: Any
-    pool: Any
+    pools: dict[str, Any]  # node id -> that node's SandboxPool
     grader: Any
     workers: list[Any]
     learner: Any
 
     def shutdown(self) -> None:
-        for actor in [*self.workers, self.grader, self.pool, self.learner, self.policy]:
+        for actor in [*self.workers, self.grader, *self.pools.values(), self.learner, self.policy]:
             ray.kill(actor)
 
 
-def start_mesh(cfg: RunConfig, init_adapter: str | None = None) -> Mesh:
+def start_mesh(cfg: RunConfig) -> Mesh:
+    """Every actor of the run, started and warmed up (the learner from `model.init_adapter` when set)."""
     from fieldkit.training.lora_model import resolve_model_path
 
     model_dir = str(resolve_model_path(cfg.model, cfg.paths.models_dir))
-    learner_gpu = cfg.resources.learner_gpu_fraction if cfg.resources.num_gpus > 0 else 0.0
-    learner = Learner.options(num_gpus=learner_gpu).remote(cfg, init_adapter)  # type: ignore[attr-defined]
+    learner = start_learner(cfg)
     policy = start_policy_server(cfg)
-    pool = SandboxPool.remote(cfg.sandbox)  # type: ignore[attr-defined]
+    pools = start_pools(cfg.sandbox)
     grader = Grader.remote(cfg)  # type: ignore[attr-defined]
     workers = [
-        RolloutWorker.remote(cfg, model_dir, policy, pool, grader)  # type: ignore[attr-defined]
+        RolloutWorker.remote(cfg, model_dir, policy, grader)  # type: ignore[attr-defined]
         for _ in range(cfg.rollout.workers)
     ]
-    return Mesh(cfg, model_dir, policy, pool, grader, workers, learner)
+    return Mesh(cfg, model_dir, policy, pools, grader, workers, learner)
 
 
 def episode_specs(

@@ -214,12 +214,14 @@ def failed_episode(spec: EpisodeSpec, reason: str, wall_s: float) -> Episode:
 class RolloutWorker:
     """Runs the episodes it is given concurrently: each waits on the engine or a sandbox most of the time."""
 
-    def __init__(self, cfg: RunConfig, model_dir: str, policy: Any, pool: Any, grader: Any) -> None:
+    def __init__(self, cfg: RunConfig, model_dir: str, policy: Any, grader: Any) -> None:
         from transformers import AutoTokenizer
+
+        from services.sandbox_pool import pool_on_this_node
 
         self.cfg = cfg
         self.policy = policy
-        self.pool = pool
+        self.pool = pool_on_this_node()  # sandboxes live on the node whose worker drives them
         self.grader = grader
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.runner = EpisodeRunner(cfg, tokenizer, self._generate, self._score, self._progress)

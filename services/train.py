@@ -42,6 +42,8 @@ from services.cluster import connect
 from services.mesh import Mesh, episode_specs, run_episodes, start_mesh
 
 console = Console()
+# Checkpoints are chosen on held-out per-assertion: finer-grained than task pass, which a small model rarely moves.
+GATE_METRIC = "heldout.per_assertion"
 
 
 class TrainingRun:
@@ -66,6 +68,8 @@ class TrainingRun:
             if self.dir.latest.exists():
                 raise SystemExit(f"{self.dir.root} already holds a run: pass --resume, or choose another run_name")
             atomic_write_bytes(self.dir.root / "config.yaml", yaml.safe_dump(self.cfg.model_dump(mode="json")).encode())
+            if self.cfg.sft.warm_start:
+                self._warm_start()
             self._publish(0)
             self._gate(0)
             return 1
@@ -119,7 +123,9 @@ class TrainingRun:
             "policy_version": float(self.adapter.version if self.adapter else 0),
         }
         atomic_write_json(self.dir.step_metrics(step), metrics)
-        self._record(step, "rl-step", "keep" if learner_metrics else "discard", "train.reward", metrics, walls)
+        parent = f"step-{step - 1:04d}" if step > 1 else "gate-0000"
+        status = "keep" if learner_metrics else "discard"
+        self._record(f"step-{step:04d}", parent, "rl-step", status, step, ("train.reward", "max"), metrics, walls)
         self._show(step, metrics)
         return batch.groups > 0 and batch.zero_signal_groups == batch.groups
 
@@ -141,6 +147,28 @@ class TrainingRun:
         atomic_write_jsonl(path, episodes)
         walls["rollout_s"] = time.perf_counter() - t0
         return episodes
+
+    def _warm_start(self) -> None:
+        """LoRA SFT on oracle transcripts of the training split; the result is adapter v0 and the KL reference."""
+        from transformers import AutoTokenizer
+
+        from fieldkit.gym.transcripts import oracle_transcript
+        from fieldkit.training.sft import examples_from_chats
+        from sandbox.runner import oracle_runner
+
+        t0 = time.perf_counter()
+        tasks = [self.tasks[i] for i in self.train_ids]
+        runner = oracle_runner(self.cfg.sandbox.backend, self.cfg.rollout.command_timeout_s)
+        runs = [runner(task.workspace_seed, task.reference_solution) for task in tasks]
+        chats = [oracle_transcript(t, r, with_stop=self.cfg.sft.with_stop) for t, r in zip(tasks, runs, strict=True)]
+        tokenizer = AutoTokenizer.from_pretrained(self.mesh.model_dir)
+        metrics = ray.get(self.mesh.learner.warm_start.remote(examples_from_chats(tokenizer, chats)))
+        console.print(
+            f"SFT warm start on {len(chats)} oracle transcripts: loss {metrics['sft_loss_first']:.3f} -> "
+            f"{metrics['sft_loss_last']:.3f} in {time.perf_counter() - t0:.0f}s"
+        )
+        walls = {"sft_s": time.perf_counter() - t0}
+        self._record("sft", None, "sft", "keep", 0, ("sft_loss_last", "min"), metrics, walls)
 
     def _publish(self, version: int, walls: dict[str, float] | None = None) -> None:
         t0 = time.perf_counter()
@@ -168,7 +196,7 @@ class TrainingRun:
             episodes = run_episodes(self.mesh, specs, f"held-out gate @ step {step}")
             atomic_write_jsonl(path, episodes)
         metrics = trial_metrics(episodes, prefix="heldout")
-        score = metrics["heldout.per_assertion"] or 0.0
+        score = metrics[GATE_METRIC] or 0.0
         is_best = self.best_metric is None or score > self.best_metric
         if is_best and self.adapter is not None:
             self.best_metric = score
@@ -197,27 +225,29 @@ class TrainingRun:
         atomic_write_json(path / "state.json", {**state, "best_metric": self.best_metric})
         self.dir.mark_latest(step)
 
-    def _record(self, step: int, kind: str, status: str, metric_name: str, metrics: dict, walls: dict) -> None:
+    def _record(
+        self, name: str, parent: str | None, kind: str, status: str, step: int, metric: tuple[str, str], metrics: dict,
+        walls: dict,
+    ) -> None:  # fmt: skip
+        """One lineage trial `<run>/<name>`; `metric` is (name, direction). Replayed steps are not recorded twice."""
         run = self.cfg.run_name
-        prefix = "gate" if kind == "heldout-gate" else "step"
-        trial_id = f"{run}/{prefix}-{step:04d}"
+        trial_id = f"{run}/{name}"
         if self.lineage.has(trial_id):  # recorded before a crash; the resumed run replays the same step
             return
-        parent = f"{run}/step-{step:04d}" if kind == "heldout-gate" and step else None
-        if kind == "rl-step":
-            parent = f"{run}/step-{step - 1:04d}" if step > 1 else f"{run}/gate-0000"
+        baseline = f"{run}/gate-0000"
         self.lineage.record_trial(
             Trial(
                 trial_id=trial_id,
                 run_id=run,
-                parent_id=parent,
-                baseline_id=f"{run}/gate-0000" if step else None,
+                parent_id=f"{run}/{parent}" if parent else None,
+                baseline_id=baseline if kind in {"rl-step", "heldout-gate"} and trial_id != baseline else None,
                 kind=kind,  # type: ignore[arg-type]
                 status=status,  # type: ignore[arg-type]
                 step=step,
                 hypothesis=f"{self.cfg.algorithm.name} on {self.cfg.model.name_or_path}, seed {self.cfg.seed}",
-                metric_name=metric_name,
-                metric=metrics.get(metric_name),
+                metric_name=metric[0],
+                metric=metrics.get(metric[0]),
+                direction=metric[1],  # type: ignore[arg-type]
                 metrics={k: v for k, v in metrics.items() if isinstance(v, float | int)},
                 config=self.cfg.model_dump(mode="json"),
                 code_version=self.provenance.code_version,
@@ -253,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     connect(cfg.resources.ray_address)
     tasks, split = load_corpus(cfg.paths.corpus_dir)
-    mesh = start_mesh(cfg, str(cfg.model.init_adapter) if cfg.model.init_adapter else None)
+    mesh = start_mesh(cfg)
     run = TrainingRun(cfg, mesh, {t.task_id: t for t in tasks}, split.train, split.heldout)
     signal.signal(signal.SIGTERM, lambda *_: setattr(run, "stop_requested", True))
     outcome = run.run(run.start(args.resume))
