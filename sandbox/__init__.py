@@ -19,6 +19,7 @@ __all__ = [
     "SandboxLimits",
     "available_backends",
     "create_sandbox",
+    "reap_stale",
     "resolve_backend",
 ]
 
@@ -38,3 +39,16 @@ def create_sandbox(seed: WorkspaceSeed, backend: str = "auto", limits: SandboxLi
     from sandbox.local import LocalSandbox
 
     return LocalSandbox(seed, limits)
+
+
+def reap_stale() -> dict[str, int]:
+    """Remove what crashed sandbox owners left behind: their containers and their (mounted) workspaces."""
+    from sandbox.probe import docker_problem
+    from sandbox.workspace import reap_stale_workspaces
+
+    containers = 0
+    if docker_problem() is None:
+        from sandbox.container import reap_stale_containers
+
+        containers = reap_stale_containers()
+    return {"containers": containers, "workspaces": len(reap_stale_workspaces())}

@@ -13,19 +13,24 @@ really stopped, and exec returns exit 124.
 from __future__ import annotations
 
 import contextlib
+import os
 import select
 import socket
 import time
+from pathlib import Path
 
 from fieldkit.gym.records import ExecResult, WorkspaceSeed
 from sandbox.base import SandboxError, WorkspaceSandbox, refuse_unrunnable
 from sandbox.image import KEEPALIVE_UID, SANDBOX_UID, ensure_image
 from sandbox.limits import SandboxLimits, bash_argv
 from sandbox.process import CappedStream, ProcessOutcome
+from sandbox.workspace import process_identity
 
 KILL_ALL = "kill -KILL -1 2>/dev/null"  # every process of the sandbox uid but the caller; never the keepalive uid
+DEATH_WATCH_S = 0.5  # how long a command killed by a signal waits to learn whether its container died too
 KILL_TIMEOUT_S = 5.0  # the kill exec gets this long before the container is restarted instead
-LABEL = "fieldkit.sandbox"
+LABEL = "fieldkit.sandbox"  # value: the workspace slot
+OWNER_LABEL = "fieldkit.sandbox.owner"  # value: "pid starttime" of the process that created the container
 SANDBOX_USER = f"{SANDBOX_UID}:{SANDBOX_UID}"
 
 
@@ -62,11 +67,34 @@ class DockerSandbox(WorkspaceSandbox):
                     Mount("/workspace", str(self.workspace.files), type="bind"),
                     Mount("/tmp", str(self.workspace.tmp), type="bind"),
                 ],
-                labels={LABEL: str(self.workspace.slot)},
+                labels={LABEL: str(self.workspace.slot), OWNER_LABEL: process_identity(os.getpid()) or ""},
             )
+            self.init_pid = self._read_init_pid()
         except Exception as exc:
             self.workspace.remove()
             raise SandboxError(f"docker sandbox could not start: {exc}") from exc
+
+    def _read_init_pid(self) -> int:
+        self.container.reload()
+        return int(self.container.attrs["State"]["Pid"])
+
+    def _init_alive(self) -> bool:
+        """Whether the container's pid 1 lives, read from the host's /proc (the engine's state lags behind)."""
+        try:
+            state = Path(f"/proc/{self.init_pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return False
+        return state not in ("Z", "X")
+
+    def _init_dies_soon(self) -> bool:
+        """After a command died of a signal: was it the whole container? A container kill reaches the command and
+        the init in no fixed order, so watch the init for a moment before calling it the command's own death."""
+        deadline = time.monotonic() + DEATH_WATCH_S
+        while self._init_alive():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+        return True
 
     def _workspace_owner(self, slot: int) -> int:
         return SANDBOX_UID
@@ -115,6 +143,7 @@ class DockerSandbox(WorkspaceSandbox):
         except Exception:  # the engine refused the exec: the restart below still clears the container
             pass
         self.container.restart(timeout=0)
+        self.init_pid = self._read_init_pid()
 
     def exec(self, command: str, timeout: float) -> ExecResult:
         self._check_open()
@@ -139,7 +168,7 @@ class DockerSandbox(WorkspaceSandbox):
         except Exception:  # the engine lost the exec along with its container
             exit_code = None
         outcome = ProcessOutcome(exit_code if exit_code is not None else -1, stdout, stderr, timed_out, duration)
-        if not timed_out and (exit_code is None or exit_code >= 128) and not self.is_alive():
+        if not timed_out and (exit_code is None or exit_code >= 128) and self._init_dies_soon():
             return outcome.result(-1, error="the docker sandbox died during the command (stopped or removed)")
         return outcome.result(outcome.returncode)
 
@@ -159,3 +188,18 @@ class DockerSandbox(WorkspaceSandbox):
             self.container.remove(force=True)
         self.workspace.remove()
         self.client.close()
+
+
+def reap_stale_containers() -> int:
+    """Remove sandbox containers whose creating process is gone (a crashed or killed pool). Returns how many."""
+    import docker
+
+    client = docker.from_env(timeout=30)
+    reaped = 0
+    for container in client.containers.list(all=True, filters={"label": LABEL}):
+        owner = container.labels.get(OWNER_LABEL, "")
+        if not owner or process_identity(int(owner.split()[0])) != owner:
+            container.remove(force=True)
+            reaped += 1
+    client.close()
+    return reaped

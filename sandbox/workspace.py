@@ -23,6 +23,7 @@ import shutil
 import stat
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 ROOT_BASE = Path(os.environ.get("FIELDKIT_SANDBOX_RUN_DIR", "/run/fieldkit-sandbox"))
 SLOT_COUNT = 50_000  # slots (and so bwrap uids) per host; live sandboxes are far fewer, so a free one is near
 MS_NOSUID, MS_NODEV = 2, 4
+OWNER_FILE = "owner"  # beside files/ and tmp/ (never bound into the sandbox): "pid starttime" of the creator
 
 
 def _mount_tmpfs(path: Path, size_bytes: int) -> None:
@@ -67,6 +69,7 @@ class Workspace:
                 self.size_enforced = True
             except OSError as exc:
                 log.warning("workspace %s: %s; the size limit holds per file only", self.root, exc)
+        (self.root / OWNER_FILE).write_text(process_identity(os.getpid()) or "")
         self.files = self.root / "files"
         self.tmp = self.root / "tmp"
         for path, mode in ((self.files, 0o755), (self.tmp, 0o700)):
@@ -148,14 +151,49 @@ class Workspace:
         return WorkspaceSnapshot(entries=entries, cap_bytes=cap_bytes)
 
     def remove(self) -> None:
-        if not self.root.exists():
-            return
-        if self.size_enforced:
-            _unmount(self.root)
-        else:
-            _rmtree(self.files)
-            _rmtree(self.tmp)
-        self.root.rmdir()
+        _remove_root(self.root)
+
+
+def _remove_root(root: Path) -> None:
+    if not root.exists():
+        return
+    if os.path.ismount(root):
+        _unmount(root)  # a detached tmpfs frees its pages when the last user goes
+    else:
+        _rmtree(root)
+        return
+    root.rmdir()
+
+
+def process_identity(pid: int) -> str | None:
+    """pid plus its start time (clock ticks since boot): survives pid reuse, unlike the pid alone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return f"{pid} {fields[19]}"
+
+
+def reap_stale_workspaces(min_age_s: float = 60.0) -> list[int]:
+    """Remove workspaces whose creating process is gone (a crashed or killed pool); returns their slots.
+
+    A workspace without an owner record younger than `min_age_s` may still be being created and is left alone.
+    """
+    base = ROOT_BASE if os.geteuid() == 0 else Path(tempfile.gettempdir()) / f"fieldkit-sandbox-{os.geteuid()}"
+    reaped: list[int] = []
+    for root in base.glob("[0-9]*") if base.is_dir() else []:
+        try:
+            owner = (root / OWNER_FILE).read_text()
+        except OSError:
+            if time.time() - root.stat().st_mtime < min_age_s:
+                continue
+            owner = ""
+        pid = int(owner.split()[0]) if owner else -1
+        if owner and process_identity(pid) == owner:
+            continue
+        _remove_root(root)
+        reaped.append(int(root.name))
+    return reaped
 
 
 def _entry(full: str, rel: str, cap_bytes: int) -> SnapshotEntry | None:
