@@ -21,12 +21,13 @@ def loaded_after(statement: str) -> list[str]:
     [
         "fieldkit, fieldkit.config, fieldkit.cli, fieldkit.tiny_model",
         "fieldkit.rl.advantages, fieldkit.rl.batch, fieldkit.rl.losses, fieldkit.rl.tds",
-        "fieldkit.training.logprobs",
+        "fieldkit.training.logprobs, fieldkit.training.trainer, fieldkit.training.sft, fieldkit.training.checkpoint",
         "fieldkit.generation, fieldkit.chat_tokens, fieldkit.training.probe, fieldkit.training.random_adapter",
         "fieldkit.lineage, fieldkit.eval, fieldkit.cli.lineage, fieldkit.cli.eval",
         "fieldkit.capabilities, fieldkit.capabilities.planner, fieldkit.capabilities.ray_layout, fieldkit.cli.plan",
         "fieldkit.gym.generator, fieldkit.gym.grader, fieldkit.gym.protocol, fieldkit.gym.synth, fieldkit.gym.corpus, "
         "fieldkit.gym.oracle, fieldkit.gym.validate, fieldkit.reward, fieldkit.client, fieldkit.cli.gym",
+        "fieldkit.cli.sandbox",
     ],
 )
 def test_fieldkit_imports_no_heavy_runtime(modules: str) -> None:
@@ -34,4 +35,5 @@ def test_fieldkit_imports_no_heavy_runtime(modules: str) -> None:
 
 
 def test_sandbox_imports_no_ray() -> None:
-    assert "ray" not in loaded_after("import sandbox")
+    modules = "sandbox, sandbox.base, sandbox.bwrap, sandbox.container, sandbox.local, sandbox.image, sandbox.probe"
+    assert "ray" not in loaded_after(f"import {modules}")

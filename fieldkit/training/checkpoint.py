@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from fieldkit.training.lora_model import adapter_rank, write_directory
 
@@ -26,7 +26,7 @@ def rng_state() -> dict[str, Any]:
     import numpy as np
     import torch
 
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    kind, keys, pos, has_gauss, gauss = cast(tuple[str, Any, int, int, float], np.random.get_state(legacy=True))
     return {
         "torch": torch.get_rng_state().tolist(),
         "cuda": [s.tolist() for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else [],

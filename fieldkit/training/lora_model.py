@@ -31,7 +31,8 @@ def load_lora_model(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    base = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype)).to(device)
+    base = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype))
+    base = base.to(device)  # type: ignore[arg-type]  # transformers types `to` for its own wrapper
     if adapter_dir is not None:
         if not (Path(adapter_dir) / "adapter_config.json").exists():
             raise FileNotFoundError(f"{adapter_dir}: no adapter_config.json; not a PEFT adapter directory")
