@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 STAMP := .venv/.installed
 HAS_NVIDIA := $(shell nvidia-smi >/dev/null 2>&1 && echo 1)
-DEBIAN_PACKAGES := bubblewrap docker.io chromium
+DEBIAN_PACKAGES := bubblewrap docker.io chromium gawk
 PYTEST_ARGS ?=
 
 .PHONY: setup system-packages dockerd demo test test-fast bench lint
@@ -30,6 +30,7 @@ system-packages:
 	command -v bwrap >/dev/null || missing="$$missing bubblewrap"; \
 	command -v dockerd >/dev/null || missing="$$missing docker.io"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v gawk >/dev/null || missing="$$missing gawk"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
@@ -38,11 +39,13 @@ system-packages:
 	  fi; \
 	fi
 
-# Starts a Docker engine in the background when none answers (a new machine of this kind has none running).
+# Starts a Docker engine in the background when none answers (a new machine of this kind has none running; it
+# answers in ~2 s). The sandbox image itself needs no registry: sandbox/image.py builds it from this host's binaries.
 dockerd:
 	@if command -v dockerd >/dev/null && ! docker info >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
 	  (nohup dockerd >/tmp/fieldkit-dockerd.log 2>&1 &); \
-	  for i in $$(seq 1 30); do docker info >/dev/null 2>&1 && break; sleep 0.5; done; \
+	  for i in $$(seq 1 60); do docker info >/dev/null 2>&1 && break; sleep 0.5; done; \
+	  docker info >/dev/null 2>&1 || echo "dockerd did not answer within 30 s; see /tmp/fieldkit-dockerd.log" >&2; \
 	fi
 
 demo: setup
