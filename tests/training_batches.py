@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
+from typing import Any
 
 from rl_episodes import make_episode, make_turn
 
@@ -13,15 +15,21 @@ from fieldkit.rl.records import TrainBatch
 REPLIES = ["```bash\nls -la\n```", "```bash\ncat README.md\n```", "TASK_COMPLETE", "```bash\nwc -l data.csv\n```"]
 
 
-def fixed_batch(model_dir: Path, rewards: list[float], cfg: AlgorithmConfig | None = None) -> TrainBatch:
-    """One group: the same prompt, a different one-turn reply per rollout, the base model's log-probs."""
+@functools.cache
+def base_model(model_dir: Path) -> tuple[Any, Any]:
+    """The base model in float32 (the behaviour policy of the fixed batches) and its tokenizer, loaded once."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    return model, AutoTokenizer.from_pretrained(model_dir)
+
+
+def fixed_batch(model_dir: Path, rewards: list[float], cfg: AlgorithmConfig | None = None) -> TrainBatch:
+    """One group: the same prompt, a different one-turn reply per rollout, the base model's log-probs."""
     from fieldkit.training.logprobs import continuation_logprobs
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    model, tokenizer = base_model(model_dir)
     prompt = tokenizer.apply_chat_template(
         [{"role": "user", "content": "List the files."}], add_generation_prompt=True, tokenize=False
     )
