@@ -25,9 +25,9 @@ def corpus():
 
 @pytest.fixture(scope="module")
 def local_runner():
-    from fieldkit.cli.gym import sandbox_runner
+    from sandbox.runner import oracle_runner
 
-    return sandbox_runner("local")
+    return oracle_runner("local")
 
 
 def test_same_seed_same_bytes_other_seed_other_tasks(corpus) -> None:
@@ -128,11 +128,11 @@ def test_cli_build_is_byte_identical_and_reports_the_corpus(tmp_path) -> None:
 
 @pytest.mark.sandbox
 def test_oracles_pass_in_an_isolating_sandbox(corpus) -> None:
-    from fieldkit.cli.gym import sandbox_runner
     from sandbox.probe import backend_problem
+    from sandbox.runner import oracle_runner
 
     backend = "docker" if backend_problem("docker") is None else require_sandbox_backend("bwrap")
     sample = [t for t in corpus if int(t.task_id[-3:]) in (0, 5, 9)]  # an easy, a medium and a hard per persona
-    verdicts = list(check_tasks(sample, sandbox_runner(backend), workers=4))
+    verdicts = list(check_tasks(sample, oracle_runner(backend), workers=4))
     assert {v.task_id: v.problems for v in verdicts if not v.ok} == {}
     assert len(verdicts) == 24

@@ -74,9 +74,9 @@ def vllm_server(tiny_model_dir: Path, tmp_path_factory) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def runner():
-    from fieldkit.cli.gym import sandbox_runner
+    from sandbox.runner import oracle_runner
 
-    return sandbox_runner("auto")  # model-written commands run in the strongest sandbox this machine has
+    return oracle_runner("auto")  # model-written commands run in the strongest sandbox this machine has
 
 
 def test_a_proven_draft_is_kept_and_a_broken_one_is_not(runner) -> None:
