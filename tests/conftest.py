@@ -22,6 +22,15 @@ def tiny_model_dir() -> Path:
     return build_tiny_model(REPO / "runs" / "models")
 
 
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (tests run beside other clusters: never a fixed port)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 def require_sandbox_backend(name: str) -> str:
     """Skip unless this machine runs sandbox backend `name`; with FIELDKIT_REQUIRE_DOCKER=1 (CI) a missing Docker
     engine fails the test instead, so the Docker tests cannot silently stop running."""

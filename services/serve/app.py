@@ -76,6 +76,31 @@ def cause_of(exc: BaseException) -> BaseException:
     return exc
 
 
+def _sse(chunks: Iterator[dict[str, Any]]) -> StreamingResponse:
+    async def events() -> AsyncIterator[str]:
+        for chunk in chunks:
+            yield f"data: {json.dumps(chunk)}\n\n"
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream")
+
+
+def _newest_per_name(refs: list[AdapterRef]) -> list[AdapterRef]:
+    newest: dict[str, AdapterRef] = {}
+    for ref in refs:
+        if ref.name not in newest or ref.version > newest[ref.name].version:
+            newest[ref.name] = ref
+    return list(newest.values())
+
+
+def _load_tokenizer(model_dir: str) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir)
+
+
+# Everything the deployment uses is defined above it: @serve.ingress pickles the routes when the class is decorated,
+# and a replica sees only the module globals that existed then.
 api = FastAPI(title="fieldkit OpenAI-compatible endpoint", docs_url=None, redoc_url=None)
 install_error_handlers(api)
 
@@ -260,26 +285,3 @@ class OpenAIServer:
         except Exception as exc:
             log.exception("generation failed")
             raise service_unavailable(f"the policy engine failed: {type(cause_of(exc)).__name__}") from None
-
-
-def _sse(chunks: Iterator[dict[str, Any]]) -> StreamingResponse:
-    async def events() -> AsyncIterator[str]:
-        for chunk in chunks:
-            yield f"data: {json.dumps(chunk)}\n\n"
-        yield "data: [DONE]\n\n"
-
-    return StreamingResponse(events(), media_type="text/event-stream")
-
-
-def _newest_per_name(refs: list[AdapterRef]) -> list[AdapterRef]:
-    newest: dict[str, AdapterRef] = {}
-    for ref in refs:
-        if ref.name not in newest or ref.version > newest[ref.name].version:
-            newest[ref.name] = ref
-    return list(newest.values())
-
-
-def _load_tokenizer(model_dir: str) -> Any:
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(model_dir)

@@ -61,10 +61,10 @@ def serve_settings(config: RunConfig, adapters: Sequence[AdapterSource] = ()) ->
     """Everything a replica needs for `config` serving the base model and `adapters`, resolved here."""
     from fieldkit.training.lora_model import resolve_model_path
 
+    refs = [adapter_ref_from_dir(source.path, source.name) for source in adapters]
     config = absolute_paths(config)
     base = base_model_id(config)
     model_dir = resolve_model_path(config.model, config.paths.models_dir)
-    refs = [adapter_ref_from_dir(source.path, source.name) for source in adapters]
     if config.lora.require_probe:
         refs = [with_probe(ref, model_dir) for ref in refs]
     names = [ref.name for ref in refs]
@@ -115,9 +115,9 @@ def start_endpoint(config: RunConfig, adapters: Sequence[AdapterSource] = ()) ->
 
     from services.cluster import connect
 
+    settings = serve_settings(config, adapters)  # bad adapter directories fail here, before Ray starts
     cluster = connect(config.resources.ray_address)
     serve.start(http_options={"host": config.serve.host, "port": config.serve.port})
-    settings = serve_settings(config, adapters)
     serve.run(build_application(settings), name=config.serve.app_name, route_prefix="/")
     return Endpoint(
         base_url=f"http://{config.serve.host}:{config.serve.port}/v1",
