@@ -247,7 +247,7 @@ def main(cases: list[Case] | None = None) -> dict[str, Any]:
             f"{row['predicted_activations_mb']:.1f}",
             saved_ratio,
         )
-    Console().print(table)
+    Console(width=150).print(table)
     within = all(abs(row["peak_ratio"] - 1) <= GOAL for row in rows)
     print(f"goal ±{GOAL:.0%} on peak memory: {'met' if within else 'NOT met'} for every case")
     return {"cases": rows, "goal_met": within}

@@ -94,6 +94,7 @@ def test_bad_input_exits_2_naming_the_field() -> None:
         ("--model", "qwen2.5-7b", "--config", "x.json"): "exactly one of",
         ("--model", "qwen2.5-7b", "--emit", "slurm"): "emit: unknown target 'slurm'",
         ("--model", "qwen2.5-7b", "--recompute", "some"): "recompute: ",
+        ("--model", "qwen2.5-7b", "--rollout-batch", "8", "--engine", "separate", "--max-gpus", "1"): "max_gpus: 1 GPU",
     }
     for args, message in cases.items():
         result = invoke(*args)

@@ -18,7 +18,7 @@ from typing import Literal
 
 from fieldkit.capabilities.architecture import ModelArch
 from fieldkit.capabilities.catalog import Hardware
-from fieldkit.capabilities.memory import Term
+from fieldkit.capabilities.memory import KV_CACHE, Term
 from fieldkit.capabilities.request import PlanRequest
 
 EnginePlacement = Literal["none", "colocated", "separate"]
@@ -118,7 +118,7 @@ def term_share(term: Term, arch: ModelArch, tp: int, pp: int) -> float:
 
 def engine_share(terms: list[Term], arch: ModelArch, engine_tp: int) -> float:
     kv_split = min(engine_tp, arch.kv_heads)  # beyond kv_heads, heads are replicated across TP ranks
-    return sum(t.bytes / (kv_split if t.name == "KV cache" else engine_tp) for t in terms)
+    return sum(t.bytes / (kv_split if t.name == KV_CACHE else engine_tp) for t in terms)
 
 
 class LayoutSearch:
@@ -191,6 +191,8 @@ class LayoutSearch:
         one with the most DP ranks allowed (so the caller can say how close it came)."""
         for placement, engine_tp in self.placements():
             budget = self.req.max_gpus - (engine_tp if placement == "separate" else 0)
+            if budget < 1:
+                continue
             for tp in tp_options(self.arch, self.hw):
                 for pp in pipeline_options(self.arch.layers, budget // tp):
                     max_dp = budget // (tp * pp)

@@ -21,6 +21,7 @@ Kind = Literal["weights", "grads", "optimizer", "activations", "transient", "eng
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 NF4_BYTES = 0.5
 ADAM_8BIT_BLOCK = 2048  # bitsandbytes keeps one fp32 absmax per 2048 values of m and of v
+KV_CACHE = "KV cache"  # the one engine term that splits over at most kv_heads tensor-parallel ranks
 ENGINE_CHUNK_TOKENS = 8192  # vLLM's max_num_batched_tokens: the prefill chunk its profiling run sizes for
 
 
@@ -40,10 +41,6 @@ class Term:
     @property
     def bytes(self) -> float:
         return self.layers_bytes + self.edge_bytes
-
-
-def gb(n: float) -> str:
-    return f"{n / 1e9:.3g}"
 
 
 def count(n: float) -> str:
@@ -257,7 +254,7 @@ def engine_terms(arch: ModelArch, req: PlanRequest) -> list[Term]:
         s = arch.ssm
         kv += req.rollout_batch * s.layers * (s.inner * s.state * 4 + s.conv_dim * (s.conv_kernel - 1) * b)
         kv_formula += " + Mamba states"
-    terms.append(Term("KV cache", "engine", kv, 0, kv_formula))
+    terms.append(Term(KV_CACHE, "engine", kv, 0, kv_formula))
     chunk = min(ENGINE_CHUNK_TOKENS, seqs)
     width = arch.hidden + arch.q_dim + 2 * arch.kv_dim + 3 * arch.ffn
     workspace = chunk * width * b + req.rollout_batch * arch.vocab * 4

@@ -132,7 +132,8 @@ def best_fit(arch: ModelArch, hw: Hardware, req: PlanRequest) -> tuple[Fit | Non
             closest = fit
     ranked = sorted(fitting.values(), key=preference)
     best = ranked[0] if ranked else None
-    assert best or closest, "the search always yields the one-GPU layout"
+    if best is None and closest is None:  # only a separate engine was allowed, and it alone takes every GPU
+        raise PlanInputError("max_gpus", f"{req.max_gpus} GPU(s) leave none for the learner beside a separate engine")
     return best, best or closest, ranked  # type: ignore[return-value]
 
 
