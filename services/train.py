@@ -57,6 +57,7 @@ class TrainingRun:
         self.lineage = LineageStore(cfg.paths.lineage_db)
         self.provenance = capture_provenance()
         self.adapter: AdapterRef | None = None
+        self.served_version = -1  # what the policy server reported serving after the last load
         self.best_metric: float | None = None
         self.stop_requested = False
 
@@ -76,8 +77,7 @@ class TrainingRun:
         step, path = found
         state = json.loads((path / "state.json").read_text())
         ray.get(self.mesh.learner.load_state.remote(str(path / "learner")))
-        self.adapter = AdapterRef.model_validate(state["adapter"])
-        ray.get(self.mesh.policy.load_adapter.remote(self.adapter))
+        self._load(AdapterRef.model_validate(state["adapter"]))
         self.best_metric = state["best_metric"]
         console.print(f"resumed {self.cfg.run_name} after step {step}: serving adapter v{self.adapter.version}")
         return step + 1
@@ -120,7 +120,8 @@ class TrainingRun:
             "train.groups": float(batch.groups),
             **{f"learner.{k}": v for k, v in learner_metrics.items()},
             **{f"wall.{k}": v for k, v in walls.items()},
-            "policy_version": float(self.adapter.version if self.adapter else 0),
+            "policy.published_version": float(self.adapter.version if self.adapter else -1),
+            "policy.served_version": float(self.served_version),
         }
         atomic_write_json(self.dir.step_metrics(step), metrics)
         parent = f"step-{step - 1:04d}" if step > 1 else "gate-0000"
@@ -172,11 +173,14 @@ class TrainingRun:
 
     def _publish(self, version: int, walls: dict[str, float] | None = None) -> None:
         t0 = time.perf_counter()
-        ref = ray.get(self.mesh.learner.publish.remote(version))
-        ray.get(self.mesh.policy.load_adapter.remote(ref))  # raises when the probe disagrees: never train blind
-        self.adapter = ref
+        self._load(ray.get(self.mesh.learner.publish.remote(version)))
         if walls is not None:
             walls["publish_s"] = time.perf_counter() - t0
+
+    def _load(self, ref: AdapterRef) -> None:
+        loaded = ray.get(self.mesh.policy.load_adapter.remote(ref))  # raises on a probe mismatch: never train blind
+        self.adapter = ref
+        self.served_version = loaded.version
 
     def _gate(self, step: int) -> None:
         """Held-out evaluation of the serving adapter; the best gate's adapter is copied to runs/<run>/best."""
@@ -202,9 +206,9 @@ class TrainingRun:
             self.best_metric = score
             self._copy_best(Path(self.adapter.path))
         status = "baseline" if step == 0 else ("keep" if is_best else "discard")
-        self._record(
-            step, "heldout-gate", status, "heldout.per_assertion", metrics, {"gate_s": time.perf_counter() - t0}
-        )
+        parent = f"step-{step:04d}" if step else ("sft" if self.cfg.sft.warm_start else None)
+        walls = {"gate_s": time.perf_counter() - t0}
+        self._record(f"gate-{step:04d}", parent, "heldout-gate", status, step, (GATE_METRIC, "max"), metrics, walls)
         console.print(
             f"[bold]held-out gate @ step {step}[/bold]: pass {metrics['heldout.task_pass']:.1%}, "
             f"per-assertion {score:.1%}, task_complete {metrics['heldout.task_complete']:.1%}, "
