@@ -96,8 +96,12 @@ class WorkspaceSandbox(Sandbox):
     def reset(self, seed: WorkspaceSeed) -> None:
         self._check_open()
         self._stop_processes()
-        self.workspace.wipe()
+        self._clear()
         self.workspace.seed(seed)
+
+    def _clear(self) -> None:
+        """Empty the workspace and /tmp (host-side; a backend whose files are not ours to delete does more)."""
+        self.workspace.wipe()
 
     def close(self) -> None:
         if not self.closed:

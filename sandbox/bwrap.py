@@ -15,6 +15,8 @@ Memory is capped per process (address space), not per sandbox: that needs the do
 
 from __future__ import annotations
 
+import os
+
 from fieldkit.gym.records import ExecResult, WorkspaceSeed
 from sandbox.base import WorkspaceSandbox, refuse_unrunnable
 from sandbox.image import SANDBOX_UID, build_rootfs
@@ -32,8 +34,9 @@ class BwrapSandbox(WorkspaceSandbox):
         self.rootfs = build_rootfs()
         super().__init__(seed, limits)
 
-    def _workspace_owner(self, slot: int) -> int:
-        return HOST_UID_BASE + slot
+    def _workspace_owner(self, slot: int) -> int | None:
+        # Without root, bwrap runs as this user and maps it to the sandbox uid: the workspace needs no other owner.
+        return HOST_UID_BASE + slot if os.geteuid() == 0 else None
 
     def _argv(self, command: str) -> list[str]:
         argv = [

@@ -180,11 +180,22 @@ class DockerSandbox(WorkspaceSandbox):
         except Exception:  # removed, or the engine is gone: either way it cannot run commands
             return False
 
+    def _clear(self) -> None:
+        if self.workspace.world_writable and self.is_alive():
+            # Without root the files the container's uid made are not ours to delete: it deletes them itself.
+            sink = CappedStream(1024)
+            wipe = "chmod -R u+rwX /workspace /tmp 2>/dev/null; find /workspace /tmp -mindepth 1 -delete"
+            self._run(["/bin/bash", "-c", wipe], KILL_TIMEOUT_S, {1: sink, 2: sink})
+        self.workspace.wipe()
+
     def close(self) -> None:
         if self.closed:
             return
         self.closed = True
         with contextlib.suppress(Exception):  # already removed from outside; the workspace must still go
+            if self.workspace.world_writable:
+                self._stop_processes()
+                self._clear()
             self.container.remove(force=True)
         self.workspace.remove()
         self.client.close()

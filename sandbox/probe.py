@@ -34,14 +34,17 @@ def bwrap_problem() -> str | None:
     """None if bubblewrap can create its namespaces here (as the uid it would run sandboxes as); else why not."""
     if shutil.which("bwrap") is None:
         return "bubblewrap is not installed (apt-get install bubblewrap)"
+    from sandbox.image import build_rootfs
+
     try:
+        rootfs = str(build_rootfs())  # probe the mounts the sandboxes use (binding all of / trips on host mounts)
         probe = subprocess.run(
-            ["bwrap", "--unshare-all", "--die-with-parent", "--ro-bind", "/", "/", "true"],
+            ["bwrap", "--unshare-all", "--die-with-parent", "--ro-bind", rootfs, "/", "/bin/true"],
             capture_output=True,
             timeout=10,
             user=BWRAP_PROBE_UID if os.geteuid() == 0 else None,
         )
-    except (OSError, subprocess.TimeoutExpired) as exc:
+    except (OSError, subprocess.TimeoutExpired, SandboxError) as exc:
         return f"bwrap could not run: {exc}"
     if probe.returncode != 0:
         return f"bwrap cannot create namespaces here: {probe.stderr.decode(errors='replace').strip()}"

@@ -14,6 +14,7 @@ Seeding, wiping and snapshots work on the host side: no process runs inside the 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import logging
@@ -21,7 +22,6 @@ import os
 import random
 import shutil
 import stat
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -55,13 +55,17 @@ def _unmount(path: Path) -> None:
 
 
 class Workspace:
-    """Host directories of one sandbox. As root, `owner_for_slot(slot)` names the host uid that owns the workspace
-    and what is seeded into it (the uid the sandbox's commands run as); None leaves it to this process's user."""
+    """Host directories of one sandbox. `owner_for_slot(slot)` names the host uid the sandbox's commands run as
+    (None: this process's uid). As root that uid owns the workspace and what is seeded into it; without root,
+    where it cannot be given away, a foreign uid gets world-writable modes instead (docker run by a docker-group
+    user: its container uid 65532 must still write the workspace)."""
 
     def __init__(self, limit_mb: int, owner_for_slot: Callable[[int], int | None] = lambda slot: None) -> None:
         self.limit_bytes = limit_mb << 20
         self.slot, self.root = self._claim_slot()
-        self.owner_uid = owner_for_slot(self.slot) if os.geteuid() == 0 else None
+        owner = owner_for_slot(self.slot)
+        self.owner_uid = owner if os.geteuid() == 0 else None
+        self.world_writable = os.geteuid() != 0 and owner is not None and owner != os.geteuid()
         self.size_enforced = False
         if os.geteuid() == 0:
             try:
@@ -93,9 +97,10 @@ class Workspace:
             return slot, base / str(slot)
         raise OSError(f"no free workspace slot under {base}: remove stale directories there")
 
-    def _own(self, path: Path, mode: int | None = None) -> None:
-        if mode is not None:
-            os.chmod(path, mode)
+    def _own(self, path: Path, mode: int) -> None:
+        if self.world_writable:
+            mode = 0o777 if path.is_dir() else 0o666
+        os.chmod(path, mode)
         if self.owner_uid is not None:
             os.lchown(path, self.owner_uid, self.owner_uid)
 
@@ -214,15 +219,13 @@ def _entry(full: str, rel: str, cap_bytes: int) -> SnapshotEntry | None:
 
 
 def _rmtree(path: Path) -> None:
-    """rmtree that also deletes inside directories the sandbox made read-only (a non-root host needs that)."""
-
-    def make_writable_and_retry(func: Callable[[str], object], failed: str, _exc: object) -> None:
-        os.chmod(os.path.dirname(failed), 0o700)
-        if os.path.isdir(failed) and not os.path.islink(failed):
-            os.chmod(failed, 0o700)
-        func(failed)
-
-    if sys.version_info >= (3, 12):
-        shutil.rmtree(path, onexc=make_writable_and_retry)
-    else:
-        shutil.rmtree(path, onerror=make_writable_and_retry)
+    """rmtree that also deletes inside directories the sandbox made unreadable or read-only: root ignores modes,
+    another user first gives itself access (the tree is its own: the sandbox ran as this user)."""
+    if os.geteuid() != 0:
+        pending = [str(path)]
+        while pending:
+            directory = pending.pop()
+            with contextlib.suppress(PermissionError):  # a directory of a foreign uid: rmtree will report it
+                os.chmod(directory, 0o700)
+                pending += [e.path for e in os.scandir(directory) if e.is_dir(follow_symlinks=False)]
+    shutil.rmtree(path)
