@@ -241,6 +241,12 @@ class ServeConfig(Section):
     )
 
 
+class DashboardConfig(Section):
+    host: str = Field("127.0.0.1", description="bind address of the mesh dashboard page; loopback like Ray's own")
+    port: int = Field(8300, ge=1, le=65535, description="HTTP port of the dashboard page (Ray's is 8265)")
+    refresh_s: float = Field(2.0, gt=0, description="how often the page polls; Ray exports gauges every ~10 s")
+
+
 class RunConfig(Section):
     run_name: str = Field("demo", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="names runs/<run_name>/")
     seed: int = Field(0, ge=0, description="seeds task sampling, sampling and init")
@@ -255,6 +261,7 @@ class RunConfig(Section):
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     paths: PathsConfig = Field(default_factory=PathsConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    dashboard: DashboardConfig = Field(default_factory=DashboardConfig)
 
     @property
     def run_dir(self) -> Path:
