@@ -166,6 +166,8 @@ def test_paths_that_escape_the_workspace_are_not_assertions() -> None:
     for bad in ("../etc/passwd", "/etc/passwd", "notes/../../x", ""):
         with pytest.raises(ValueError, match="relative to the workspace"):
             make_task({"kind": "file_exists", "path": bad})
+    with pytest.raises(ValueError, match="names the workspace itself"):
+        make_task({"kind": "file_exists", "path": "./"})
 
 
 def test_a_fifo_and_an_oversized_file_do_not_hang_or_exhaust_the_grader(tmp_path) -> None:

@@ -43,7 +43,10 @@ class _PathAssertion(Record):
     @field_validator("path")
     @classmethod
     def _inside_workspace(cls, path: str) -> str:
-        return PurePosixPath(check_workspace_path(path)).as_posix()
+        normalised = PurePosixPath(check_workspace_path(path)).as_posix()
+        if normalised == ".":
+            raise ValueError(f"path {path!r} names the workspace itself, not something in it")
+        return normalised
 
 
 class FileExists(_PathAssertion):
