@@ -75,13 +75,13 @@ class SandboxPool:
         """Create the warm sandboxes (pool_size, all at once) and start the idle health checks."""
         missing = self.cfg.pool_size - len(self.idle) - len(self.leases) - self.pending
         await asyncio.gather(*(self._spawn() for _ in range(missing)))
-        if self.health_task is None:
-            self.health_task = asyncio.get_running_loop().create_task(self._health_loop())
+        self._start_health_checks()
         return self.stats()
 
     async def lease(self, seed: WorkspaceSeed, wait_s: float | None = None) -> str:
         """A sandbox reset to `seed`; waits for one to come free (at most `wait_s`, else TimeoutError)."""
         deadline = None if wait_s is None else time.monotonic() + wait_s
+        self._start_health_checks()  # a pool used without ready() fills lazily, and is checked all the same
         while True:
             sandbox = await self._take_idle(deadline)
             try:
@@ -234,6 +234,10 @@ class SandboxPool:
         self.metrics.replaced.inc()
         asyncio.get_running_loop().create_task(asyncio.to_thread(sandbox.close))
         self._spawn()
+
+    def _start_health_checks(self) -> None:
+        if self.health_task is None:
+            self.health_task = asyncio.get_running_loop().create_task(self._health_loop())
 
     async def _health_loop(self) -> None:
         while True:
