@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,3 +44,21 @@ def require_sandbox_backend(name: str) -> str:
             pytest.fail(f"FIELDKIT_REQUIRE_DOCKER=1 but {problem}")
         pytest.skip(f"sandbox backend {name} unavailable: {problem}")
     return name
+
+
+@pytest.fixture
+def head_cluster():
+    """A head node on free ports, started the way the README says (token first, then `ray start --head`)."""
+    gcs_port, dashboard_port = free_port(), free_port()
+    from services.cluster import client_env, ensure_auth_token
+
+    env = client_env()
+    ensure_auth_token()
+    command = ["start", "--head", f"--port={gcs_port}", "--dashboard-host=127.0.0.1"]
+    command += [f"--dashboard-port={dashboard_port}", "--num-cpus=4", "--disable-usage-stats"]
+    started = subprocess.run([Path(sys.executable).parent / "ray", *command], env=env, capture_output=True, text=True)
+    assert started.returncode == 0, started.stdout + started.stderr
+    try:
+        yield f"http://127.0.0.1:{dashboard_port}"
+    finally:
+        subprocess.run([Path(sys.executable).parent / "ray", "stop", "--force"], env=env, capture_output=True)

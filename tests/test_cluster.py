@@ -2,40 +2,17 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from services.cluster import client_env, ensure_auth_token
+from services.cluster import client_env
 
 pytestmark = pytest.mark.ray
 
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture
-def head_cluster():
-    """A head node started the way the README says: token generated once, then `ray start --head`."""
-    gcs_port, dashboard_port = free_port(), free_port()
-    env = client_env()
-    ensure_auth_token()
-    command = ["start", "--head", f"--port={gcs_port}", "--dashboard-host=127.0.0.1"]
-    command += [f"--dashboard-port={dashboard_port}", "--num-cpus=1", "--disable-usage-stats"]
-    started = subprocess.run([BIN / "ray", *command], env=env, capture_output=True, text=True)
-    assert started.returncode == 0, started.stdout + started.stderr
-    try:
-        yield f"http://127.0.0.1:{dashboard_port}"
-    finally:
-        subprocess.run([BIN / "ray", "stop", "--force"], env=env, capture_output=True)
 
 
 def test_job_submit_with_token_auth(head_cluster: str, tmp_path: Path) -> None:
@@ -53,7 +30,7 @@ def test_job_submit_with_token_auth(head_cluster: str, tmp_path: Path) -> None:
     status = subprocess.run([ray, "job", "status", *address, job_id], env=env, capture_output=True, text=True)
     assert "succeeded" in status.stdout.lower()
     logs = subprocess.run([ray, "job", "logs", *address, job_id], env=env, capture_output=True, text=True)
-    assert "CPUS 1.0" in logs.stdout
+    assert "CPUS 4.0" in logs.stdout
 
 
 def test_job_api_refuses_a_client_without_the_token(head_cluster: str) -> None:

@@ -1,0 +1,110 @@
+"""The mesh end to end through real actors: vLLM CPU engine, sandbox pool, grader, learner, lineage.
+
+One driver is killed (SIGKILL) right after its first checkpoint and resumed: the run must finish with every step
+exactly once, the adapter version advancing with each step and served by the policy server. A second run goes
+through `ray job submit` against a `ray start --head` cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fieldkit.gym.corpus import write_corpus
+from fieldkit.gym.generator import generate_tasks
+from fieldkit.lineage import LineageStore
+from fieldkit.runs import RunDir, read_episodes
+from services.cluster import client_env
+
+pytestmark = [pytest.mark.engine, pytest.mark.ray, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def write_config(tmp: Path, run_name: str, max_steps: int) -> Path:
+    corpus = tmp / "corpus"
+    if not (corpus / "tasks.jsonl").exists():
+        write_corpus(corpus, generate_tasks(per_persona=1, seed=0), n_train=4, seed=0)
+    config = {
+        "run_name": run_name,
+        "max_steps": max_steps,
+        "model": {"max_model_len": 2048},
+        "lora": {"rank": 8, "alpha": 16, "max_lora_rank": 16},
+        "rollout": {"tasks_per_step": 2, "group_size": 2, "max_turns": 2, "max_tokens_per_turn": 16, "workers": 1},
+        "sandbox": {"pool_size": 2},
+        "eval": {"every_n_steps": 2, "heldout_limit": 2},
+        "paths": {
+            "runs_dir": str(tmp / "runs"),
+            "models_dir": str(REPO / "runs" / "models"),  # the tiny model cache shared with the other tests
+            "corpus_dir": str(corpus),
+            "lineage_db": str(tmp / "runs" / "lineage.db"),
+        },
+    }
+    path = tmp / f"{run_name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def driver(config: Path, *extra: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "RAY_ADDRESS": ""}  # each driver starts its own local cluster
+    command = [sys.executable, "-m", "services.train", "--config", str(config), *extra]
+    return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_driver_killed_after_step_one_resumes_and_finishes_each_step_once(tiny_model_dir, tmp_path: Path) -> None:
+    config = write_config(tmp_path, "resume", max_steps=2)
+    run = RunDir(tmp_path / "runs" / "resume")
+    first = driver(config)
+    deadline = time.monotonic() + 900
+    while not (run.latest.exists() and json.loads(run.latest.read_text())["step"] >= 1):
+        assert first.poll() is None, first.stdout.read() if first.stdout else ""
+        assert time.monotonic() < deadline, "no checkpoint of step 1 within 15 minutes"
+        time.sleep(1)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    step_one = run.step_episodes(1).read_bytes()
+
+    second = driver(config, "--resume")
+    output, _ = second.communicate(timeout=900)
+    assert second.returncode == 0, output
+    assert "resumed resume after step 1" in output and "finished 2 steps" in output
+
+    assert run.step_episodes(1).read_bytes() == step_one  # not rolled out again
+    for step in (1, 2):
+        episodes = read_episodes(run.step_episodes(step))
+        assert len(episodes) == 4 and len({e.episode_id for e in episodes}) == 4
+        assert all(e.grade is not None and e.reward is not None for e in episodes if e.stop_reason != "failed")
+        assert {e.policy_version for e in episodes} == {step - 1}  # rolled out by the previous step's adapter
+        metrics = json.loads(run.step_metrics(step).read_text())
+        assert metrics["policy.published_version"] == metrics["policy.served_version"] == step
+    trials = LineageStore(tmp_path / "runs" / "lineage.db").trials("resume")
+    ids = [t.trial_id for t in trials]
+    assert ids == ["resume/gate-0000", "resume/step-0001", "resume/step-0002", "resume/gate-0002"]
+    assert (run.best / "adapter_config.json").exists()
+
+
+def test_ray_job_submit_runs_the_driver(tiny_model_dir, tmp_path: Path, head_cluster: str) -> None:
+    config = write_config(tmp_path, "job", max_steps=1)
+    ray_cli = str(Path(sys.executable).parent / "ray")
+    env = client_env()
+    address = ["--address", head_cluster]
+    submit = subprocess.run(
+        [ray_cli, "job", "submit", *address, "--working-dir", str(REPO), "--",
+         "python", "-m", "services.train", "--config", str(config)],
+        env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
+    job_id = next(w.strip("'") for w in submit.stdout.split() if w.strip("'").startswith("raysubmit_"))
+    status = subprocess.run([ray_cli, "job", "status", *address, job_id], env=env, capture_output=True, text=True)
+    assert "succeeded" in status.stdout.lower()
+    logs = subprocess.run([ray_cli, "job", "logs", *address, job_id], env=env, capture_output=True, text=True)
+    assert "job: finished 1 steps" in logs.stdout
+    assert RunDir(tmp_path / "runs" / "job").step_episodes(1).exists()
