@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from fieldkit.config import RunConfig
-from fieldkit.generation import GenerateRequest
+from fieldkit.generation import ChatMessage, GenerateRequest
 from fieldkit.training.records import AdapterRef
 
 VERSIONS = 5
@@ -40,7 +40,7 @@ def tokens_per_s(server: Any, n_parallel: int, rounds: int, adapter: str | None)
     for r in range(rounds):
         requests = [
             GenerateRequest(
-                messages=[{"role": "user", "content": f"List the files, round {r}."}],
+                messages=[ChatMessage(role="user", content=f"List the files, round {r}.")],
                 max_tokens=NEW_TOKENS,
                 seed=r * n_parallel + i,
                 adapter=adapter,

@@ -45,15 +45,15 @@ class GenerateRequest(BaseModel):
     """One sampled reply. Exactly one of `prompt_token_ids` and `messages`."""
 
     model_config = ConfigDict(extra="forbid")
-    prompt_token_ids: list[int] | None = Field(None, min_length=1)
-    messages: list[ChatMessage] | None = Field(None, min_length=1)
-    max_tokens: int = Field(256, ge=1)
-    temperature: float = Field(1.0, ge=0.0)  # 0 = greedy
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    prompt_token_ids: list[int] | None = Field(default=None, min_length=1)
+    messages: list[ChatMessage] | None = Field(default=None, min_length=1)
+    max_tokens: int = Field(default=256, ge=1)
+    temperature: float = Field(default=1.0, ge=0.0)  # 0 = greedy
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     stop: list[str] = Field(default_factory=list)  # text is cut before the stop string; its tokens stay in token_ids
     seed: int | None = None  # same seed + same request -> same tokens
     adapter: str | None = None  # None = the base model; a name = that adapter's newest verified version
-    top_logprobs: int = Field(0, ge=0, le=MAX_TOP_LOGPROBS)
+    top_logprobs: int = Field(default=0, ge=0, le=MAX_TOP_LOGPROBS)
 
     @model_validator(mode="after")
     def _one_prompt_form(self) -> GenerateRequest:

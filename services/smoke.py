@@ -12,7 +12,7 @@ from typing import Any
 import ray
 
 from fieldkit.config import RunConfig
-from fieldkit.generation import GenerateRequest
+from fieldkit.generation import ChatMessage, GenerateRequest
 from services.cluster import connect
 from services.policy import start_policy_server
 
@@ -22,11 +22,11 @@ def run_smoke(prompt: str = "List the files.", max_tokens: int = 16, config: Run
     from fieldkit.training.random_adapter import build_random_adapter
 
     started = time.perf_counter()
-    config = config or RunConfig()
+    config = config or RunConfig.model_validate({})
     cluster = connect()
     server = start_policy_server(config)
     try:
-        request = GenerateRequest(messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens, seed=0)
+        request = GenerateRequest(messages=[ChatMessage(role="user", content=prompt)], max_tokens=max_tokens, seed=0)
         result = ray.get(server.generate.remote(request)).model_dump()
         model_dir = resolve_model_path(config.model, config.paths.models_dir)
         ref = build_random_adapter(model_dir, config.run_dir / "smoke-adapter", name="smoke", version=1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -41,7 +42,9 @@ def test_a_fresh_adapter_passes_inspection_and_carries_a_discriminative_probe(ad
         (lambda d: (d / "adapter_config.json").unlink(), "cannot read"),
     ],
 )
-def test_damaged_adapter_dirs_are_refused_naming_the_file(adapter: AdapterRef, tmp_path: Path, damage, reason) -> None:
+def test_damaged_adapter_dirs_are_refused_naming_the_file(
+    adapter: AdapterRef, tmp_path: Path, damage: Callable[[Path], object], reason: str
+) -> None:
     target = tmp_path / "copy"
     shutil.copytree(adapter.path, target)
     damage(target)

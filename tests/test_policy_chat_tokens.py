@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,17 +16,17 @@ OBSERVATION = {"role": "user", "content": "OBSERVATION (exit 0)\nnotes.txt"}
 
 
 @pytest.fixture(scope="module")
-def tokenizer(tiny_model_dir: Path):
+def tokenizer(tiny_model_dir: Path) -> Any:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(tiny_model_dir)
 
 
-def encode(tokenizer, text: str) -> list[int]:
+def encode(tokenizer: Any, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def test_delta_after_a_reply_that_ended_on_the_end_of_turn_token(tokenizer) -> None:
+def test_delta_after_a_reply_that_ended_on_the_end_of_turn_token(tokenizer: Any) -> None:
     builder = ChatDeltaBuilder(tokenizer)
     reply = "```bash\nls -la\n```"
     prefix = render(tokenizer, [SYSTEM, USER], add_generation_prompt=True) + encode(tokenizer, reply)
@@ -38,7 +39,7 @@ def test_delta_after_a_reply_that_ended_on_the_end_of_turn_token(tokenizer) -> N
     assert builder.checked == 1 and not builder.mismatches
 
 
-def test_a_reply_cut_by_max_tokens_gets_its_turn_closed(tokenizer) -> None:
+def test_a_reply_cut_by_max_tokens_gets_its_turn_closed(tokenizer: Any) -> None:
     builder = ChatDeltaBuilder(tokenizer)
     reply = "```bash\ncat notes"
     prefix = render(tokenizer, [USER], add_generation_prompt=True) + encode(tokenizer, reply)  # no end-of-turn token
@@ -47,7 +48,7 @@ def test_a_reply_cut_by_max_tokens_gets_its_turn_closed(tokenizer) -> None:
     assert delta.tokens_ok
 
 
-def test_a_non_canonical_tokenisation_of_the_reply_is_reported_not_patched(tokenizer) -> None:
+def test_a_non_canonical_tokenisation_of_the_reply_is_reported_not_patched(tokenizer: Any) -> None:
     builder = ChatDeltaBuilder(tokenizer)
     reply = "ls -la"
     char_by_char = [t for c in reply for t in encode(tokenizer, c)]
@@ -60,7 +61,7 @@ def test_a_non_canonical_tokenisation_of_the_reply_is_reported_not_patched(token
     assert builder.mismatches == {"tokens": 1}
 
 
-def test_a_template_that_rewrites_earlier_turns_is_counted(tokenizer) -> None:
+def test_a_template_that_rewrites_earlier_turns_is_counted(tokenizer: Any) -> None:
     rewriting = copy.deepcopy(tokenizer)
     # Like templates that drop earlier turns' reasoning: an assistant turn renders in full only while it is last.
     rewriting.chat_template = (
@@ -77,7 +78,7 @@ def test_a_template_that_rewrites_earlier_turns_is_counted(tokenizer) -> None:
     assert builder.mismatches["template_prefix"] == 1 and builder.mismatches["text"] == 1
 
 
-def test_three_turns_accumulate_without_retokenising(tokenizer) -> None:
+def test_three_turns_accumulate_without_retokenising(tokenizer: Any) -> None:
     builder = ChatDeltaBuilder(tokenizer)
     messages = [SYSTEM, USER]
     ids = render(tokenizer, messages, add_generation_prompt=True)
@@ -93,7 +94,7 @@ def test_three_turns_accumulate_without_retokenising(tokenizer) -> None:
     assert builder.checked == 3 and not builder.mismatches
 
 
-def test_a_template_without_an_end_of_turn_token_is_refused(tokenizer) -> None:
+def test_a_template_without_an_end_of_turn_token_is_refused(tokenizer: Any) -> None:
     plain = copy.deepcopy(tokenizer)
     plain.chat_template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
     with pytest.raises(ValueError, match="does not close an assistant turn with eos"):

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -41,7 +43,7 @@ def adapters(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 @pytest.fixture(scope="module", params=["vllm", "hf"])
-def server(request: pytest.FixtureRequest, tiny_model_dir: Path):
+def server(request: pytest.FixtureRequest, tiny_model_dir: Path) -> Iterator[Any]:
     import ray
 
     from services.policy import start_policy_server
@@ -64,13 +66,13 @@ def server(request: pytest.FixtureRequest, tiny_model_dir: Path):
         ray.shutdown()
 
 
-def call(handle, method: str, *args):
+def call(handle: Any, method: str, *args: Any) -> Any:
     import ray
 
     return ray.get(getattr(handle, method).remote(*args))
 
 
-def publish(handle, ref: AdapterRef, name: str, version: int, **changes):
+def publish(handle: Any, ref: AdapterRef, name: str, version: int, **changes: Any) -> Any:
     return call(handle, "load_adapter", ref.model_copy(update={"name": name, "version": version, **changes}))
 
 
@@ -79,11 +81,11 @@ def mean_abs_diff(a: list[float], b: list[float]) -> float:
     return sum(abs(x - y) for x, y in zip(a, b, strict=True)) / len(a)
 
 
-def chat(content: str, **fields) -> GenerateRequest:
+def chat(content: str, **fields: Any) -> GenerateRequest:
     return GenerateRequest(messages=[{"role": "user", "content": content}], **fields)
 
 
-def test_seeded_generation_is_reproducible(server) -> None:
+def test_seeded_generation_is_reproducible(server: Any) -> None:
     request = chat("List the files.", max_tokens=16, temperature=1.0, seed=7)
     first, again = call(server, "generate", request), call(server, "generate", request)
     other = call(server, "generate", request.model_copy(update={"seed": 8}))
@@ -94,7 +96,7 @@ def test_seeded_generation_is_reproducible(server) -> None:
     assert first.adapter is None and first.adapter_version == -1
 
 
-def test_generated_logprobs_match_score_of_the_same_tokens(server, adapters) -> None:
+def test_generated_logprobs_match_score_of_the_same_tokens(server: Any, adapters: dict[str, AdapterRef]) -> None:
     publish(server, adapters["a"], "match", 1)
     for adapter in (None, "match"):
         result = call(server, "generate", chat("Show the log.", max_tokens=12, seed=3, top_logprobs=5, adapter=adapter))
@@ -108,7 +110,7 @@ def test_generated_logprobs_match_score_of_the_same_tokens(server, adapters) -> 
                 assert row[token] == pytest.approx(logprob, abs=1e-4)
 
 
-def test_adapter_changes_logprobs_and_reports_its_version(server, adapters) -> None:
+def test_adapter_changes_logprobs_and_reports_its_version(server: Any, adapters: dict[str, AdapterRef]) -> None:
     probe = adapters["a"].probe
     base = call(server, "score", probe.prompt_token_ids, probe.continuation_token_ids, None)
     info = publish(server, adapters["a"], "policy", 1)
@@ -127,7 +129,9 @@ def test_adapter_changes_logprobs_and_reports_its_version(server, adapters) -> N
     assert call(server, "health").adapters["policy"] == 2
 
 
-def test_wrong_probe_is_refused_and_previous_version_keeps_serving(server, adapters) -> None:
+def test_wrong_probe_is_refused_and_previous_version_keeps_serving(
+    server: Any, adapters: dict[str, AdapterRef]
+) -> None:
     publish(server, adapters["a"], "guarded", 1)
     with pytest.raises(AdapterRejectedError, match=r"probe log-probs differ.*v1 keeps serving"):
         publish(server, adapters["b"], "guarded", 2, probe=adapters["a"].probe)  # b's weights, a's probe
@@ -139,7 +143,9 @@ def test_wrong_probe_is_refused_and_previous_version_keeps_serving(server, adapt
         publish(server, adapters["a"], "guarded", 1)
 
 
-def test_broken_adapters_are_refused_with_the_reason(server, adapters, tmp_path: Path) -> None:
+def test_broken_adapters_are_refused_with_the_reason(
+    server: Any, adapters: dict[str, AdapterRef], tmp_path: Path
+) -> None:
     good = adapters["a"]
     publish(server, good, "sturdy", 1)
 
@@ -171,7 +177,9 @@ def test_broken_adapters_are_refused_with_the_reason(server, adapters, tmp_path:
     assert call(server, "generate", chat("ls", max_tokens=4, adapter="sturdy")).adapter_version == 1
 
 
-def test_weights_the_engine_cannot_load_are_refused(server, adapters, tmp_path: Path) -> None:
+def test_weights_the_engine_cannot_load_are_refused(
+    server: Any, adapters: dict[str, AdapterRef], tmp_path: Path
+) -> None:
     from safetensors.torch import load_file, save_file
 
     good = adapters["a"]
@@ -187,7 +195,7 @@ def test_weights_the_engine_cannot_load_are_refused(server, adapters, tmp_path: 
     assert call(server, "generate", chat("ls", max_tokens=4)).token_ids
 
 
-def test_two_adapters_serve_side_by_side(server, adapters) -> None:
+def test_two_adapters_serve_side_by_side(server: Any, adapters: dict[str, AdapterRef]) -> None:
     import ray
 
     publish(server, adapters["a"], "left", 1)
@@ -203,7 +211,7 @@ def test_two_adapters_serve_side_by_side(server, adapters) -> None:
         assert mean_abs_diff(served, probe.logprobs) < 0.05
 
 
-def test_old_versions_are_evicted_beyond_keep_versions(server, adapters) -> None:
+def test_old_versions_are_evicted_beyond_keep_versions(server: Any, adapters: dict[str, AdapterRef]) -> None:
     for version, key in ((1, "a"), (2, "b"), (3, "a")):
         publish(server, adapters[key], "rolling", version)
     kept = sorted(a.version for a in call(server, "adapters") if a.name == "rolling")
@@ -212,7 +220,7 @@ def test_old_versions_are_evicted_beyond_keep_versions(server, adapters) -> None
     assert len(lora_ids) == len(set(lora_ids))
 
 
-def test_bad_requests_are_refused_and_the_server_keeps_serving(server) -> None:
+def test_bad_requests_are_refused_and_the_server_keeps_serving(server: Any) -> None:
     with pytest.raises(UnknownAdapterError, match="'nobody' is not loaded"):
         call(server, "generate", chat("ls", adapter="nobody"))
     with pytest.raises(PromptTooLongError, match=f"max_model_len={MAX_MODEL_LEN}"):
@@ -226,7 +234,7 @@ def test_bad_requests_are_refused_and_the_server_keeps_serving(server) -> None:
     assert call(server, "health").ok
 
 
-def test_max_tokens_context_and_stop_strings(server) -> None:
+def test_max_tokens_context_and_stop_strings(server: Any) -> None:
     long_prompt = [5] * (MAX_MODEL_LEN - 3)
     capped = call(server, "generate", GenerateRequest(prompt_token_ids=long_prompt, max_tokens=50, temperature=0.0))
     assert len(capped.token_ids) <= 3
@@ -241,7 +249,7 @@ def test_max_tokens_context_and_stop_strings(server) -> None:
     assert stopped.token_ids == free.token_ids[: len(stopped.token_ids)]
 
 
-def test_many_requests_in_flight_and_load_figures(server) -> None:
+def test_many_requests_in_flight_and_load_figures(server: Any) -> None:
     import ray
 
     refs = [server.generate.remote(chat("ls", max_tokens=16, seed=i)) for i in range(8)]
@@ -251,7 +259,7 @@ def test_many_requests_in_flight_and_load_figures(server) -> None:
     assert health.tokens_per_s > 0 and 0 < health.busy_fraction <= 1
 
 
-def test_concurrent_generation_during_hot_load_keeps_its_version(server, adapters) -> None:
+def test_concurrent_generation_during_hot_load_keeps_its_version(server: Any, adapters: dict[str, AdapterRef]) -> None:
     import ray
 
     publish(server, adapters["a"], "live", 1)

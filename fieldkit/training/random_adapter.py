@@ -41,7 +41,7 @@ def build_random_adapter(
             if "lora_B" in param_name:
                 param.copy_(torch.randn(param.shape, generator=generator) * scale)
     model.eval()
-    model.save_pretrained(out_dir)
+    model.save_pretrained(str(out_dir))
     prompt_ids, continuation_ids = probe_sequence(AutoTokenizer.from_pretrained(model_dir))
     probe = build_probe(model, prompt_ids, continuation_ids)
     return AdapterRef(name=name, version=version, path=str(Path(out_dir).resolve()), rank=rank, probe=probe)

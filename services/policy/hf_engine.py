@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Literal
 
 from fieldkit.generation import GenerateRequest, GenerateResult
 from services.policy.engine import Engine, EngineLora
@@ -29,10 +29,10 @@ class HfEngine(Engine):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        self._tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
+        self._tokenizer: Any = AutoTokenizer.from_pretrained(self.model_dir)
         # A GPU share means a GPU; on a CPU-only machine (the fallback's home) everything stays on the CPU.
         self._device = "cuda" if self.gpu_fraction > 0 and torch.cuda.is_available() else "cpu"
-        model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=getattr(torch, self.model.dtype))
+        model: Any = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=getattr(torch, self.model.dtype))
         self._model = model.to(self._device).eval()
         configured = self._model.generation_config.eos_token_id
         eos = configured if isinstance(configured, list) else [configured]
@@ -83,7 +83,8 @@ class HfEngine(Engine):
         token_ids: list[int] = []
         logprobs: list[float] = []
         top: list[dict[int, float]] = []
-        finish, text = "length", ""
+        finish: Literal["stop", "length"] = "length"
+        text = ""
         with self._serving(lora) as model:
             out = model(input_ids=torch.tensor([prompt_ids], device=self._device), use_cache=True)
             for _ in range(max_tokens):
