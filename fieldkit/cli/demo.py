@@ -2,20 +2,38 @@
 
 from __future__ import annotations
 
-import json
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from fieldkit.cli.console import console
 
+DEMO_CONFIG = Path("deploy/configs/demo-cpu.yaml")
+
 
 def demo(
-    prompt: Annotated[str, typer.Option(help="user message for the smoke generation")] = "List the files.",
+    config: Annotated[Path, typer.Option(help="the demo's RunConfig")] = DEMO_CONFIG,
+    smoke: Annotated[bool, typer.Option(help="only start Ray, build the tiny model and generate once")] = False,
 ) -> None:
-    """Smoke run on embedded defaults: start local Ray, build the tiny model, generate through the vLLM engine."""
-    from services.smoke import run_smoke
+    """Train an agent on embedded defaults and show base / SFT / RL on held-out tasks (see README: the demo)."""
+    if smoke:
+        from services.smoke import run_smoke
 
-    with console.status("starting Ray and the vLLM CPU engine (about a minute)"):
-        result = run_smoke(prompt)
-    console.print_json(json.dumps(result))
+        with console.status("starting Ray and the vLLM CPU engine"):
+            console.print_json(data=run_smoke())
+        return
+    from fieldkit.cli.config import load_config
+    from fieldkit.cli.eval import headline_table
+    from fieldkit.cli.gym import build
+    from services.demo import run_demo
+
+    cfg = load_config(config)
+    if not (cfg.paths.corpus_dir / "tasks.jsonl").exists():
+        build(out=cfg.paths.corpus_dir)
+    result = run_demo(cfg)
+    console.print(headline_table(result.comparison))
+    console.print(result.card)
+    console.print(
+        f"report: {result.report_dir}  |  Ray dashboard: {result.dashboard_url}  |  took {result.wall_s / 60:.1f} min"
+    )
