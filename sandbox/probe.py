@@ -6,6 +6,7 @@ import functools
 import os
 import shutil
 import subprocess
+from collections.abc import Callable
 
 from sandbox.base import SandboxError
 
@@ -52,7 +53,8 @@ def bwrap_problem() -> str | None:
 
 
 def backend_problem(name: str) -> str | None:
-    return {"docker": docker_problem, "bwrap": bwrap_problem, "local": lambda: None}[name]()
+    probes: dict[str, Callable[[], str | None]] = {"docker": docker_problem, "bwrap": bwrap_problem}
+    return probes[name]() if name in probes else None
 
 
 def available_backends() -> list[str]:
