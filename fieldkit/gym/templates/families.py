@@ -94,11 +94,13 @@ def delete(ws: Workspace, doomed: Sequence[str], keep: str, why: str = "", patte
 
 def touch(ws: Workspace, paths: Sequence[str], why: str = "") -> Draft:
     """Create empty files (an `__init__.py`, a `.gitkeep`)."""
+    checks: list[Assertion] = [FileExists(path=p) for p in paths[:MAX_ASSERTIONS]]
+    if len(paths) == 1:  # one file: also check it is empty (a second assertion)
+        checks.append(FileContentsMatchRegex(path=paths[0], regex=r"\A\s*\Z"))
     return Draft(
         intent=f"Create the empty file{'s' if len(paths) > 1 else ''} {listing(paths)}{why}.",
         commands=[*_mkdir_for(ws, *paths), q("touch", *paths)],
-        assertions=[FileExists(path=p) for p in paths[:MAX_ASSERTIONS]]
-        + ([] if len(paths) > 1 else [FileContentsMatchRegex(path=paths[0], regex=r"\A\s*\Z")]),
+        assertions=checks,
         skills=["file.write"],
         writes=set(paths),
     )

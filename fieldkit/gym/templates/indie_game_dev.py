@@ -100,12 +100,12 @@ def build(rng: random.Random) -> World:
         kinds[index] = forced  # every log has at least one of each, so the counting tasks never count zero
     events = []
     for minute, kind in enumerate(kinds):
-        level = rng.randint(1, len(levels))
+        at = rng.randint(1, len(levels))
         detail = {
             "START": f"build {version}",
-            "DEATH": f"level_{level} {rng.choice(['spikes', 'pit', *enemies])}",
-            "CHECKPOINT": f"level_{level} flag {rng.randint(1, 3)}",
-            "COIN": f"level_{level} total {rng.randint(1, 80)}",
+            "DEATH": f"level_{at} {rng.choice(['spikes', 'pit', *enemies])}",
+            "CHECKPOINT": f"level_{at} flag {rng.randint(1, 3)}",
+            "COIN": f"level_{at} total {rng.randint(1, 80)}",
             "ERROR": f"missing texture res://sprites/{rng.choice(poses)}.png",
         }[kind]
         events.append(f"[14:{minute:02d}:{rng.randint(10, 59)}] {kind} {detail}")
