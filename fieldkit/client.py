@@ -185,7 +185,6 @@ class ChatClient:
         seed: int | None = None,
         json_schema: dict[str, Any] | None = None,
         schema_name: str = "reply",
-        extra: dict[str, Any] | None = None,
     ) -> ChatReply:
         payload: dict[str, Any] = {
             "model": self.resolve_model(),
@@ -200,7 +199,6 @@ class ChatClient:
                 "type": "json_schema",
                 "json_schema": {"name": schema_name, "schema": json_schema, "strict": True},
             }
-        payload.update(extra or {})
         data, attempts = self._request("POST", f"{self.base_url}/chat/completions", payload)
         choice = data["choices"][0]
         usage = data.get("usage") or {}

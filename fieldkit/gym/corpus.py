@@ -100,13 +100,6 @@ def write_corpus(out_dir: str | Path, tasks: Sequence[Task], n_train: int = DEFA
     return split
 
 
-def split_tasks(tasks: Sequence[Task], split: Split) -> tuple[list[Task], list[Task]]:
-    """(train, heldout) tasks in split order."""
-    check_split(split, tasks, "split")
-    by_id = {t.task_id: t for t in tasks}
-    return [by_id[i] for i in split.train], [by_id[i] for i in split.heldout]
-
-
 def load_corpus(corpus_dir: str | Path) -> tuple[list[Task], Split]:
     """tasks.jsonl and split.json of a built corpus (`fieldkit gym build`), checked against each other."""
     corpus = Path(corpus_dir)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 import re
 import shlex
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,9 +68,6 @@ class Draft:
     # Paths the task reads and writes: no part of a composite may write what another part reads or writes.
     reads: set[str] = field(default_factory=set)
     writes: set[str] = field(default_factory=set)
-
-
-Recipe = Callable[[Any, random.Random], Draft]
 
 
 def q(*words: str) -> str:
