@@ -7,9 +7,10 @@ Per step: sample tasks from the training split (a function of seed and step), K 
 are written to disk before anything uses them; advantages -> one learner step -> the new adapter version published
 and hot-loaded into the policy server (verified by its probe) -> a checkpoint -> a lineage trial. Every
 `eval.every_n_steps` a held-out gate scores the current adapter at evaluation temperature; the run's best adapter
-is chosen on held-out score only. The run stops at max_steps, or when every group of a step had identical rewards
-(the pool is saturated). `--resume` continues after the last checkpoint; a step whose episodes were written before
-a crash reuses them, so no episode is lost or run twice. SIGTERM finishes the current step's checkpoint and exits.
+is chosen on held-out score only. The run stops at max_steps, or when the last group of every task of the training
+pool had identical rewards (the pool is saturated and must grow). `--resume` continues after the last checkpoint;
+a step whose episodes were written before a crash reuses them, so no episode is lost or run twice. SIGTERM
+finishes the current step's checkpoint and exits.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class TrainingRun:
         self.adapter: AdapterRef | None = None
         self.served_version = -1  # what the policy server reported serving after the last load
         self.best_metric: float | None = None
+        self.zero_signal: dict[str, bool] = {}  # task id -> its latest group had identical rewards
         self.stop_requested = False
 
     # ---- start / resume -------------------------------------------------------------------------------------
@@ -79,6 +81,7 @@ class TrainingRun:
         ray.get(self.mesh.learner.load_state.remote(str(path / "learner")))
         self._load(AdapterRef.model_validate(state["adapter"]))
         self.best_metric = state["best_metric"]
+        self.zero_signal = state["zero_signal"]
         console.print(f"resumed {self.cfg.run_name} after step {step}: serving adapter v{self.adapter.version}")
         return step + 1
 
@@ -92,11 +95,11 @@ class TrainingRun:
                 self._gate(step)
             self._checkpoint(step)
             if saturated:
-                return f"saturated at step {step}: every group had identical rewards; grow the task pool"
+                return f"saturated at step {step}: every training task's group had identical rewards; grow the pool"
         return f"finished {self.cfg.max_steps} steps"
 
     def step(self, step: int) -> bool:
-        """One training step; returns True when every group carried no signal (saturation)."""
+        """One training step; returns True when the training pool is saturated."""
         walls: dict[str, float] = {}
         started = time.perf_counter()
         episodes = self._rollouts(step, walls)
@@ -104,6 +107,8 @@ class TrainingRun:
         for episode in episodes:
             if episode.stop_reason != "failed":  # a faulted episode has no trustworthy reward
                 groups[episode.group_id].append(episode)
+        for group in groups.values():
+            self.zero_signal[group[0].task_id] = len({e.reward for e in group}) == 1
         batch = build_train_batch(list(groups.values()), self.cfg.algorithm)
         learner_metrics: dict[str, float] = {}
         if batch.sequences and batch.n_assistant_tokens:
@@ -128,7 +133,7 @@ class TrainingRun:
         status = "keep" if learner_metrics else "discard"
         self._record(f"step-{step:04d}", parent, "rl-step", status, step, ("train.reward", "max"), metrics, walls)
         self._show(step, metrics)
-        return batch.groups > 0 and batch.zero_signal_groups == batch.groups
+        return set(self.zero_signal) == set(self.train_ids) and all(self.zero_signal.values())
 
     def _rollouts(self, step: int, walls: dict[str, float]) -> list[Episode]:
         path = self.dir.step_episodes(step)
@@ -226,7 +231,9 @@ class TrainingRun:
         path = self.dir.checkpoint(step)
         ray.get(self.mesh.learner.save_state.remote(str(path / "learner")))
         state = {"step": step, "adapter": self.adapter.model_dump(mode="json") if self.adapter else None}
-        atomic_write_json(path / "state.json", {**state, "best_metric": self.best_metric})
+        atomic_write_json(
+            path / "state.json", {**state, "best_metric": self.best_metric, "zero_signal": self.zero_signal}
+        )
         self.dir.mark_latest(step)
 
     def _record(
