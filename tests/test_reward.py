@@ -81,3 +81,12 @@ def test_bad_inputs_name_the_value() -> None:
         shaped_reward(1.0, 3, 0)
     with pytest.raises(ValueError, match="score must be within"):
         shaped_reward(1.5, 3, 12)
+
+
+def test_reward_statuses_are_words_of_the_lineage_vocabulary() -> None:
+    from typing import get_args
+
+    from fieldkit.lineage.records import STATUSES
+    from fieldkit.reward import RewardStatus
+
+    assert set(get_args(RewardStatus)) <= set(STATUSES)
