@@ -112,7 +112,7 @@ def test_stream_joins_to_the_non_streamed_reply(client: openai.OpenAI) -> None:
     assert finishes == [whole.choices[0].finish_reason]
     assert chunks[0].choices[0].delta.role == "assistant"
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
-    assert len(pieces) == whole.usage.completion_tokens + 1  # one chunk per token after the role chunk
+    assert len(pieces) == 1 + whole.usage.completion_tokens + 1  # a role chunk, one per token, a finish chunk
 
 
 def first_token_distribution(client: openai.OpenAI, model: str) -> dict[str, float]:

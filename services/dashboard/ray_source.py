@@ -128,7 +128,7 @@ def node_row(summary: dict[str, Any], logical: dict[str, Any]) -> dict[str, Any]
             }
             for g in summary.get("gpus") or []
         ],
-        "resources": logical.get(node_id, {}) if node_id else {},
+        "resources": str(logical.get(node_id, "")) if node_id else "",  # Ray's "used/total resource" lines
     }
 
 

@@ -184,7 +184,8 @@ function renderNodes(nodes) {
     el("td", { title: n.node_id || "" }, n.hostname || n.ip),
     el("td", { class: "num" }, `CPU ${fmt(n.cpu_percent)}%`),
     el("td", { class: "num" }, `mem ${fmtBytes(n.mem_used)} / ${fmtBytes(n.mem_total)}`),
-    el("td", { class: "small" }, n.gpus.map((g) => `${g.name} ${fmt(g.utilization)}% ${fmt(g.memory_used_mb)}/${fmt(g.memory_total_mb)} MiB`).join("; ") || "no GPU"))));
+    el("td", { class: "small" }, n.gpus.map((g) => `${g.name} ${fmt(g.utilization)}% ${fmt(g.memory_used_mb)}/${fmt(g.memory_total_mb)} MiB`).join("; ") || "no GPU"),
+    el("td", { class: "small" }, n.resources.split("\n").filter((line) => !line.includes("object_store")).join(", ")))));
 }
 
 function renderEngine(engine) {
