@@ -53,28 +53,31 @@ def write_config(tmp: Path, run_name: str, max_steps: int) -> Path:
     return path
 
 
-def driver(config: Path, *extra: str) -> subprocess.Popen[str]:
+def driver(config: Path, log: Path, *extra: str) -> subprocess.Popen[bytes]:
+    """The driver as a user starts it; output to a file (a pipe nobody reads would fill and block it)."""
     env = {**os.environ, "RAY_ADDRESS": ""}  # each driver starts its own local cluster
     command = [sys.executable, "-m", "services.train", "--config", str(config), *extra]
-    return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    with open(log, "wb") as out:
+        return subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
 def test_driver_killed_after_step_one_resumes_and_finishes_each_step_once(tiny_model_dir, tmp_path: Path) -> None:
     config = write_config(tmp_path, "resume", max_steps=2)
     run = RunDir(tmp_path / "runs" / "resume")
-    first = driver(config)
+    first = driver(config, tmp_path / "first.log")
     deadline = time.monotonic() + 900
     while not (run.latest.exists() and json.loads(run.latest.read_text())["step"] >= 1):
-        assert first.poll() is None, first.stdout.read() if first.stdout else ""
+        assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
         assert time.monotonic() < deadline, "no checkpoint of step 1 within 15 minutes"
         time.sleep(1)
     first.send_signal(signal.SIGKILL)
     first.wait()
     step_one = run.step_episodes(1).read_bytes()
 
-    second = driver(config, "--resume")
-    output, _ = second.communicate(timeout=900)
-    assert second.returncode == 0, output
+    second = driver(config, tmp_path / "second.log", "--resume")
+    second.wait(timeout=900)
+    output = (tmp_path / "second.log").read_text()
+    assert second.returncode == 0, output[-3000:]
     assert "resumed resume after step 1" in output and "finished 2 steps" in output
 
     assert run.step_episodes(1).read_bytes() == step_one  # not rolled out again
