@@ -55,6 +55,7 @@ class PolicyServer:
         self._load_lock = asyncio.Lock()
         self._gauges = _Gauges()
         self._exporter: asyncio.Task[None] | None = None
+        self._base_probe: dict[tuple[int, ...], list[float]] = {}  # the base never changes: score each probe once
 
     async def start(self) -> PolicyHealth:
         """Load and warm up the engine; returns health. Call once, before anything else."""
@@ -127,7 +128,7 @@ class PolicyServer:
                 probe = ref.probe
                 try:
                     adapted = await self._engine.score(probe.prompt_token_ids, probe.continuation_token_ids, lora)
-                    base = await self._engine.score(probe.prompt_token_ids, probe.continuation_token_ids, None)
+                    base = await self._base_logprobs(probe.prompt_token_ids, probe.continuation_token_ids)
                     check = check_probe(probe, adapted, base, self._lora.probe_tolerance)
                 finally:
                     if check is None or not check.passed:
@@ -198,6 +199,12 @@ class PolicyServer:
     def _still_serving(self, name: str) -> str:
         newest = self._registry.newest().get(name)
         return f"v{newest} keeps serving" if newest is not None else f"no version of {name} is serving"
+
+    async def _base_logprobs(self, prompt_ids: list[int], continuation_ids: list[int]) -> list[float]:
+        key = (*prompt_ids, -1, *continuation_ids)
+        if key not in self._base_probe:
+            self._base_probe[key] = await self._engine.score(prompt_ids, continuation_ids, None)
+        return self._base_probe[key]
 
     async def _release(self, version: ServingVersion) -> None:
         for old in self._registry.release(version):
