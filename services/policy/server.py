@@ -113,7 +113,9 @@ class PolicyServer:
             if ref.probe is None and self._lora.require_probe:
                 raise AdapterRejectedError(f"adapter {ref.name} v{ref.version} has no probe (lora.require_probe is on)")
             if ref.probe is not None:
-                self._check_ids(ref.probe.prompt_token_ids + ref.probe.continuation_token_ids, "probe token ids")
+                probe_ids = ref.probe.prompt_token_ids + ref.probe.continuation_token_ids
+                self._check_ids(probe_ids, "probe token ids")
+                self._check_room(len(probe_ids), "the probe")
             lora = self._registry.new_lora(ref)
             started = time.perf_counter()
             try:
