@@ -55,6 +55,10 @@ from services.serve.schema import ChatCompletionRequest, CompletionRequest, Toke
 log = logging.getLogger(__name__)
 
 DEPLOYMENT = "OpenAIServer"
+# Each replica's PolicyServer is named (in Serve's namespace) after its app and replica, so the dashboard shows
+# which is which and a benchmark can reach the engine behind the HTTP layer.
+POLICY_ACTOR_PREFIX = "fieldkit-serve-policy:"
+SERVE_NAMESPACE = "serve"
 Authorization = Annotated[str | None, Header()]
 
 
@@ -116,7 +120,9 @@ class OpenAIServer:
         self._api_key = settings.api_key
         self._created = int(time.time())
         self._published = PublishedAdapters(Path(settings.published_dir))
-        self._policy = await asyncio.to_thread(start_policy_server, settings.config)
+        context = serve.get_replica_context()
+        name = f"{POLICY_ACTOR_PREFIX}{context.app_name}:{context.replica_id.unique_id}"
+        self._policy = await asyncio.to_thread(start_policy_server, settings.config, name=name)
         health = await self._policy.health.remote()
         self._max_model_len = health.max_model_len
         self._engine = health.engine

@@ -1,0 +1,157 @@
+"""What the OpenAI-compatible endpoint costs on top of the engine: the same chat requests sent through the official
+`openai` client to the Serve application, and straight to the replica's PolicyServer actor (the baseline, measured
+in the same run on the same engine). One request at a time, then 50 at once (streamed through the endpoint).
+
+The endpoint streams a reply once the policy server has generated it (the engine interface has no token stream
+yet), so time to first token equals the whole reply's latency; the table shows both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+SEQUENTIAL = 10
+CONCURRENT = 50
+MAX_TOKENS = 16
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _p(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def _messages(i: int) -> list[dict[str, str]]:
+    return [{"role": "user", "content": f"Task {i}: list the files in the workspace."}]
+
+
+async def _direct(policy: Any, i: int) -> float:
+    from fieldkit.generation import GenerateRequest
+
+    request = GenerateRequest(messages=_messages(i), max_tokens=MAX_TOKENS, temperature=0.0, seed=i)
+    started = time.perf_counter()
+    await policy.generate.remote(request)
+    return time.perf_counter() - started
+
+
+async def _endpoint(client: Any, i: int, stream: bool) -> tuple[float, float, int]:
+    """(first token s, total s, completion tokens) of one chat request through the endpoint."""
+    started = time.perf_counter()
+    kwargs = {"model": "tiny", "messages": _messages(i), "max_tokens": MAX_TOKENS, "temperature": 0.0, "seed": i}
+    if not stream:
+        reply = await client.chat.completions.create(**kwargs)
+        total = time.perf_counter() - started
+        return total, total, reply.usage.completion_tokens
+    first, tokens = None, 0
+    chunks = await client.chat.completions.create(**kwargs, stream=True, stream_options={"include_usage": True})
+    async for chunk in chunks:
+        if first is None and chunk.choices and chunk.choices[0].delta.content:
+            first = time.perf_counter() - started
+        if chunk.usage is not None:
+            tokens = chunk.usage.completion_tokens
+    total = time.perf_counter() - started
+    return first or total, total, tokens
+
+
+async def _measure(policy: Any, base_url: str) -> dict[str, float]:
+    import openai
+
+    client = openai.AsyncOpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=600)
+    await _endpoint(client, -1, stream=False)  # warm the HTTP path
+    direct_seq = [await _direct(policy, i) for i in range(SEQUENTIAL)]
+    endpoint_seq = [(await _endpoint(client, i, stream=False))[1] for i in range(SEQUENTIAL)]
+    started = time.perf_counter()
+    direct_burst = await asyncio.gather(*(_direct(policy, i) for i in range(CONCURRENT)))
+    direct_wall = time.perf_counter() - started
+    started = time.perf_counter()
+    burst = await asyncio.gather(*(_endpoint(client, i, stream=True) for i in range(CONCURRENT)))
+    endpoint_wall = time.perf_counter() - started
+    totals = [total for _, total, _ in burst]
+    firsts = [first for first, _, _ in burst]
+    tokens = sum(n for _, _, n in burst)
+    return {
+        "direct_seq_p50_s": statistics.median(direct_seq),
+        "endpoint_seq_p50_s": statistics.median(endpoint_seq),
+        "seq_overhead_ratio": statistics.median(endpoint_seq) / statistics.median(direct_seq),
+        "direct_50_p50_s": statistics.median(direct_burst),
+        "direct_50_p99_s": _p(list(direct_burst), 0.99),
+        "stream_50_p50_s": statistics.median(totals),
+        "stream_50_p99_s": _p(totals, 0.99),
+        "stream_50_first_token_p50_s": statistics.median(firsts),
+        "stream_50_p50_ratio": statistics.median(totals) / statistics.median(direct_burst),
+        "stream_50_p99_ratio": _p(totals, 0.99) / _p(list(direct_burst), 0.99),
+        "stream_50_tokens_per_s": tokens / endpoint_wall,
+        "stream_50_throughput_ratio": direct_wall / endpoint_wall,
+        "stream_50_errors": 0.0,  # gather raises on the first error: reaching here means none
+    }
+
+
+def main(engine: str = "vllm") -> dict[str, float]:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    import ray
+    from ray import serve
+    from ray.util.state import list_actors
+
+    from fieldkit.config import RunConfig
+    from services.serve import start_endpoint
+    from services.serve.app import POLICY_ACTOR_PREFIX, SERVE_NAMESPACE
+
+    with tempfile.TemporaryDirectory() as tmp:
+        config = RunConfig.model_validate(
+            {
+                "model": {"engine": engine, "max_model_len": 512},
+                "paths": {"models_dir": str(REPO / "runs" / "models"), "runs_dir": tmp},
+                "serve": {"port": _free_port(), "app_name": "fieldkit-bench"},
+            }
+        )
+        ray.init(num_cpus=4, include_dashboard=False)
+        try:
+            started = time.perf_counter()
+            endpoint = start_endpoint(config)
+            start_s = time.perf_counter() - started
+            gcs = ray.get_runtime_context().gcs_address
+            alive = list_actors(address=gcs, filters=[("class_name", "=", "PolicyServer"), ("state", "=", "ALIVE")])
+            (actor,) = [a for a in alive if (a.name or "").startswith(POLICY_ACTOR_PREFIX)]
+            policy = ray.get_actor(actor.name, namespace=SERVE_NAMESPACE)
+            figures = asyncio.run(_measure(policy, endpoint.base_url))
+        finally:
+            serve.shutdown()
+            ray.shutdown()
+    figures["endpoint_start_s"] = start_s
+    rows = [
+        ("1 request, direct to the actor", figures["direct_seq_p50_s"], 1.0, "itself"),
+        ("1 request, endpoint (p50)", figures["endpoint_seq_p50_s"], figures["seq_overhead_ratio"], "direct"),
+        (f"{CONCURRENT} at once, direct p50", figures["direct_50_p50_s"], 1.0, "itself"),
+        (f"{CONCURRENT} streams, endpoint p50", figures["stream_50_p50_s"], figures["stream_50_p50_ratio"], "direct"),
+        (f"{CONCURRENT} streams, endpoint p99", figures["stream_50_p99_s"], figures["stream_50_p99_ratio"], "dir. p99"),
+        (f"{CONCURRENT} streams, first token p50", figures["stream_50_first_token_p50_s"], None, ""),
+    ]
+    print(f"serve latency, {engine} engine, tiny model, {MAX_TOKENS} tokens per reply (endpoint start {start_s:.0f} s)")
+    print(f"{'measure':<36}{'s':>9}{'ratio':>8}  baseline")
+    for name, seconds, ratio, baseline in rows:
+        print(f"{name:<36}{seconds:>9.3f}{'' if ratio is None else f'{ratio:.2f}':>8}  {baseline}")
+    print(
+        f"{CONCURRENT} streams: {figures['stream_50_tokens_per_s']:.0f} tokens/s through the endpoint, "
+        f"{figures['stream_50_throughput_ratio']:.2f}x the direct burst's rate"
+    )
+    return figures
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(*sys.argv[1:2])
