@@ -24,6 +24,7 @@ def loaded_after(statement: str) -> list[str]:
         "fieldkit.training.logprobs, fieldkit.training.trainer, fieldkit.training.sft, fieldkit.training.checkpoint",
         "fieldkit.generation, fieldkit.chat_tokens, fieldkit.training.probe, fieldkit.training.random_adapter",
         "fieldkit.lineage, fieldkit.eval, fieldkit.cli.lineage, fieldkit.cli.eval",
+        "fieldkit.cli.serve, fieldkit.cli.dashboard",
         "fieldkit.capabilities, fieldkit.capabilities.planner, fieldkit.capabilities.ray_layout, fieldkit.cli.plan",
         "fieldkit.gym.generator, fieldkit.gym.grader, fieldkit.gym.protocol, fieldkit.gym.synth, fieldkit.gym.corpus, "
         "fieldkit.gym.oracle, fieldkit.gym.validate, fieldkit.reward, fieldkit.client, fieldkit.cli.gym",
