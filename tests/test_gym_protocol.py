@@ -103,7 +103,7 @@ def test_the_parser_never_raises_on_arbitrary_text(text: str) -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.text(alphabet=st.characters(blacklist_characters="`\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"), min_size=1))
+@given(st.text(alphabet=st.characters(blacklist_characters="`\n"), min_size=1))
 def test_a_fenced_single_line_command_round_trips(line: str) -> None:
     stripped = line.strip()
     action = parse_action(fenced(line))

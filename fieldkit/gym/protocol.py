@@ -63,7 +63,7 @@ def parse_action(text: str) -> Action:
 
 def first_command(block: str) -> str | None:
     """The first line of a block that is neither blank nor a comment, without a leading `$ ` prompt."""
-    for line in block.splitlines():
+    for line in block.split("\n"):  # only "\n" ends a line, as for bash; splitlines() would also cut at U+2028
         stripped = line.strip()
         if stripped and not stripped.startswith("#"):
             return _PROMPT_PREFIX.sub("", stripped) or None
