@@ -39,9 +39,10 @@ def _messages(i: int) -> list[dict[str, str]]:
 
 
 async def _direct(policy: Any, i: int) -> float:
-    from fieldkit.generation import GenerateRequest
+    from fieldkit.generation import ChatMessage, GenerateRequest
 
-    request = GenerateRequest(messages=_messages(i), max_tokens=MAX_TOKENS, temperature=0.0, seed=i)
+    messages = [ChatMessage.model_validate(m) for m in _messages(i)]
+    request = GenerateRequest(messages=messages, max_tokens=MAX_TOKENS, temperature=0.0, seed=i)
     started = time.perf_counter()
     await policy.generate.remote(request)
     return time.perf_counter() - started
@@ -125,8 +126,8 @@ def main(engine: str = "vllm") -> dict[str, float]:
             start_s = time.perf_counter() - started
             gcs = ray.get_runtime_context().gcs_address
             alive = list_actors(address=gcs, filters=[("class_name", "=", "PolicyServer"), ("state", "=", "ALIVE")])
-            (actor,) = [a for a in alive if (a.name or "").startswith(POLICY_ACTOR_PREFIX)]
-            policy = ray.get_actor(actor.name, namespace=SERVE_NAMESPACE)
+            (name,) = [a.name for a in alive if a.name and a.name.startswith(POLICY_ACTOR_PREFIX)]
+            policy = ray.get_actor(name, namespace=SERVE_NAMESPACE)
             figures = asyncio.run(_measure(policy, endpoint.base_url))
         finally:
             serve.shutdown()

@@ -142,7 +142,7 @@ def summarise(actors: list[dict[str, Any]], samples: list[Sample]) -> dict[str, 
         return sum(values) if values else None
 
     adapters = {s.labels["adapter"]: int(s.value) for s in live if s.name == "fieldkit_policy_adapter_version"}
-    pools = {}
+    pools: dict[str, dict[str, Any]] = {}
     for s in live:
         if s.name in ("fieldkit_sandbox_leased", "fieldkit_sandbox_idle"):
             key = f"{s.labels.get('node', '?')}/{s.labels.get('backend', '?')}"

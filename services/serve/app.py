@@ -112,7 +112,7 @@ install_error_handlers(api)
 @serve.deployment(name=DEPLOYMENT, max_ongoing_requests=128, ray_actor_options={"num_cpus": 0.25})
 @serve.ingress(api)
 class OpenAIServer:
-    async def __init__(self, settings: ServeSettings) -> None:
+    async def __init__(self, settings: ServeSettings) -> None:  # type: ignore[misc]  # Serve awaits it
         from services.policy import start_policy_server
 
         self._settings = settings

@@ -84,7 +84,7 @@ def serve_settings(config: RunConfig, adapters: Sequence[AdapterSource] = ()) ->
 
 def build_application(settings: ServeSettings) -> Any:
     """The Serve application (not yet running) for `settings`."""
-    return OpenAIServer.bind(settings)
+    return OpenAIServer.bind(settings)  # type: ignore[attr-defined]  # the decorators make it a Deployment
 
 
 class AdapterArg(BaseModel):
