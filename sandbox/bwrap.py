@@ -8,8 +8,9 @@ it from our terminal. It runs as uid 65532 ("sandbox") inside, mapped to a host 
 (so RLIMIT_NPROC, a per-uid count, caps this sandbox alone), with no capabilities.
 
 Per-process rlimits (CPU seconds, file size, processes, address space) are set by the sandbox's bash before it
-runs the command. A command's processes cannot outlive it: when the command exits, bwrap (pid 1 of the pid
-namespace) exits and the kernel kills everything left in the namespace; on timeout we kill bwrap's process group.
+runs the command (BASH_ENV, see `sandbox.limits`). A command's processes cannot outlive it: when the command
+exits, bwrap (pid 1 of the pid namespace) exits and the kernel kills everything left in the namespace; on timeout
+we kill bwrap's process group.
 Memory is capped per process (address space), not per sandbox: that needs the docker backend's cgroup.
 """
 
@@ -20,7 +21,7 @@ import os
 from fieldkit.gym.records import ExecResult, WorkspaceSeed
 from sandbox.base import WorkspaceSandbox, refuse_unrunnable
 from sandbox.image import SANDBOX_UID, build_rootfs
-from sandbox.limits import SandboxLimits, bash_argv
+from sandbox.limits import RLIMITS_SCRIPT_IN_IMAGE, SandboxLimits, rlimit_env
 from sandbox.process import run_process
 
 HOST_UID_BASE = 3_000_000  # host uid = base + workspace slot; far above login users and the usual subuid ranges
@@ -71,9 +72,10 @@ class BwrapSandbox(WorkspaceSandbox):
             "/workspace",
             "--clearenv",
         ]
-        for name, value in SANDBOX_ENV.items():
+        env = SANDBOX_ENV | rlimit_env(self.limits, RLIMITS_SCRIPT_IN_IMAGE, per_uid_processes=True, address_space=True)
+        for name, value in env.items():
             argv += ["--setenv", name, value]
-        return [*argv, "--", *bash_argv(command, self.limits, per_uid_processes=True, address_space=True)]
+        return [*argv, "--", "/bin/bash", "-c", command]
 
     def exec(self, command: str, timeout: float) -> ExecResult:
         self._check_open()

@@ -22,7 +22,7 @@ from pathlib import Path
 from fieldkit.gym.records import ExecResult, WorkspaceSeed
 from sandbox.base import SandboxError, WorkspaceSandbox, refuse_unrunnable
 from sandbox.image import KEEPALIVE_UID, SANDBOX_UID, ensure_image
-from sandbox.limits import SandboxLimits, bash_argv
+from sandbox.limits import RLIMITS_SCRIPT_IN_IMAGE, SandboxLimits, rlimit_env
 from sandbox.process import CappedStream, ProcessOutcome
 from sandbox.workspace import process_identity
 
@@ -44,6 +44,7 @@ class DockerSandbox(WorkspaceSandbox):
         self.client = docker.from_env(timeout=60)
         self.api = self.client.api
         image = ensure_image(self.client)
+        self.rlimits = rlimit_env(limits, RLIMITS_SCRIPT_IN_IMAGE, per_uid_processes=False, address_space=False)
         super().__init__(seed, limits)
         try:
             self.container = self.client.containers.run(
@@ -99,13 +100,17 @@ class DockerSandbox(WorkspaceSandbox):
     def _workspace_owner(self, slot: int) -> int:
         return SANDBOX_UID
 
-    def _run(self, argv: list[str], timeout: float, streams: dict[int, CappedStream]) -> tuple[str, bool]:
+    def _run(
+        self, argv: list[str], timeout: float, streams: dict[int, CappedStream], env: dict[str, str] | None = None
+    ) -> tuple[str, bool]:
         """Start argv as the sandbox user and read its output until it ends or `timeout` passes.
 
         Returns the exec id and whether it ended. The stream is read through our own deadline, never a blocking
         SDK call: an exec the engine could not start (every pid of the cgroup taken) may never close its stream.
         """
-        exec_id = self.api.exec_create(self.container.id, argv, user=SANDBOX_USER, workdir="/workspace")["Id"]
+        exec_id = self.api.exec_create(
+            self.container.id, argv, user=SANDBOX_USER, workdir="/workspace", environment=env
+        )["Id"]
         sock = self.api.exec_start(exec_id, socket=True)
         raw = getattr(sock, "_sock", sock)
         deadline = time.monotonic() + timeout
@@ -150,10 +155,13 @@ class DockerSandbox(WorkspaceSandbox):
         if refused := refuse_unrunnable(command):
             return refused
         start = time.monotonic()
-        argv = bash_argv(command, self.limits, per_uid_processes=False, address_space=False, then=KILL_ALL)
+        # The wrapper outlives the command to kill what it left; its own stderr goes to /dev/null so it adds no
+        # "line 1: 26 Killed ..." job reports to the command's output (the command keeps the real stderr, fd 3).
+        wrapper = f'exec 3>&2 2>/dev/null; /bin/bash -c "$1" 2>&3 3>&-; rc=$?; {KILL_ALL}; exit $rc'
+        argv = ["/bin/bash", "-c", wrapper, "sandbox", command]
         stdout, stderr = CappedStream(self.limits.output_cap_bytes), CappedStream(self.limits.output_cap_bytes)
         try:
-            exec_id, ended = self._run(argv, timeout, {1: stdout, 2: stderr})
+            exec_id, ended = self._run(argv, timeout, {1: stdout, 2: stderr}, self.rlimits)
         except Exception as exc:
             return ExecResult(exit_code=-1, duration_s=time.monotonic() - start, error=f"docker exec failed: {exc}")
         if not ended:
@@ -207,10 +215,11 @@ def reap_stale_containers() -> int:
 
     client = docker.from_env(timeout=30)
     reaped = 0
-    for container in client.containers.list(all=True, filters={"label": LABEL}):
-        owner = container.labels.get(OWNER_LABEL, "")
+    for summary in client.api.containers(all=True, filters={"label": LABEL}):  # one call: no per-container lookups
+        owner = (summary.get("Labels") or {}).get(OWNER_LABEL, "")
         if not owner or process_identity(int(owner.split()[0])) != owner:
-            container.remove(force=True)
-            reaped += 1
+            with contextlib.suppress(docker.errors.NotFound):  # its owner's close() got there first
+                client.api.remove_container(summary["Id"], force=True)
+                reaped += 1
     client.close()
     return reaped

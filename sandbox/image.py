@@ -27,8 +27,9 @@ import tempfile
 from pathlib import Path, PurePosixPath
 
 from sandbox.base import SandboxError
+from sandbox.limits import RLIMITS_SCRIPT, RLIMITS_SCRIPT_IN_IMAGE
 
-BUILDER_VERSION = "1"  # bump when the layout below changes, so caches keyed by file hashes alone are rebuilt
+BUILDER_VERSION = "2"  # bump when the layout below changes, so caches keyed by file hashes alone are rebuilt
 SANDBOX_UID = 65_532  # the user commands run as inside a sandbox (distroless's "nonroot" number)
 KEEPALIVE_UID = 65_533  # docker's long-running pid 1 children: a uid the sandbox user cannot signal
 SEARCH_PATH = "/usr/bin:/bin:/usr/sbin:/sbin"  # the system's tools, never a virtualenv's or pyenv's shims
@@ -53,6 +54,7 @@ ETC_FILES = {
     "etc/group": f"root:x:0:\nsandbox:x:{SANDBOX_UID}:\nkeepalive:x:{KEEPALIVE_UID}:\nnogroup:x:65534:\n",
     "etc/nsswitch.conf": "passwd: files\ngroup: files\nhosts: files dns\n",
     "etc/hosts": "127.0.0.1 localhost\n",
+    RLIMITS_SCRIPT_IN_IMAGE.lstrip("/"): RLIMITS_SCRIPT,
 }
 EMPTY_DIRS = {"workspace": 0o755, "tmp": 0o1777, "proc": 0o555, "dev": 0o755, "sys": 0o555, "usr/local/bin": 0o755}
 DOCKERFILE = f"""\

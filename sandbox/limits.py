@@ -1,8 +1,10 @@
-"""What a sandbox may use, and the shell line that applies the per-process limits inside it.
+"""What a sandbox may use, and how the per-process limits are applied inside it.
 
-The rlimits are set by the sandbox's own bash (`ulimit`, hard and soft) before it runs the command, rather than
-in a Python `preexec_fn`, which is unsafe in a threaded process such as the pool actor. Lowering a limit needs
-no privilege, and the command cannot raise a hard limit again.
+The rlimits are set by the sandbox's own bash before it runs the command: bash sources the script named by
+BASH_ENV (`RLIMITS_SCRIPT`, shipped in the image) in every non-interactive shell, and that script applies the
+limits given in FIELDKIT_* variables with `ulimit -H -S`, then unsets them all. So the command itself runs as a
+plain `bash -c COMMAND` with no second shell in front. Not a Python `preexec_fn`: that is unsafe in a threaded
+process such as the pool actor. Lowering a limit needs no privilege, and the command cannot raise a hard one.
 """
 
 from __future__ import annotations
@@ -35,26 +37,28 @@ class SandboxLimits(BaseModel):
         )
 
 
-def bash_argv(
-    command: str, limits: SandboxLimits, *, per_uid_processes: bool, address_space: bool, then: str = ""
-) -> list[str]:
-    """argv running `command` under bash with the limits applied.
+RLIMITS_SCRIPT = """\
+# Sourced by bash through BASH_ENV before a sandboxed command: its rlimits, hard and soft, then nothing left over.
+ulimit -H -S -t "$FIELDKIT_CPU_S" -f "$FIELDKIT_FSIZE_KB" ${FIELDKIT_NPROC:+-u "$FIELDKIT_NPROC"} \\
+  ${FIELDKIT_AS_KB:+-v "$FIELDKIT_AS_KB"} || exit 125
+unset BASH_ENV FIELDKIT_CPU_S FIELDKIT_FSIZE_KB FIELDKIT_NPROC FIELDKIT_AS_KB
+"""
+RLIMITS_SCRIPT_IN_IMAGE = "/etc/fieldkit/rlimits.sh"
+
+
+def rlimit_env(limits: SandboxLimits, script: str, *, per_uid_processes: bool, address_space: bool) -> dict[str, str]:
+    """Environment that makes bash apply the limits (script: where RLIMITS_SCRIPT lies, as the shell sees it).
 
     per_uid_processes: set RLIMIT_NPROC (only where the sandbox has a uid of its own; docker uses its pids cgroup).
     address_space: set RLIMIT_AS to the memory limit (where no memory cgroup holds the sandbox).
-    then: shell run after the command with its exit status in $rc (docker kills what the command left running).
     """
-    flags = [f"-t {limits.cpu_seconds}", f"-f {limits.workspace_mb * 1024}"]
+    env = {
+        "BASH_ENV": script,
+        "FIELDKIT_CPU_S": str(limits.cpu_seconds),
+        "FIELDKIT_FSIZE_KB": str(limits.workspace_mb * 1024),
+    }
     if per_uid_processes:
-        flags.append(f"-u {limits.pids}")
+        env["FIELDKIT_NPROC"] = str(limits.pids)
     if address_space:
-        flags.append(f"-v {limits.memory_mb * 1024}")
-    ulimit = f"ulimit -H -S {' '.join(flags)} || exit 125"
-    # With `then`, the wrapper outlives the command; its own stderr goes to /dev/null so that it does not add
-    # "line 1: 26 Killed ..." job reports to the command's output (the command keeps the real stderr, fd 3).
-    run = (
-        f'exec 3>&2 2>/dev/null; /bin/bash -c "$1" 2>&3 3>&-; rc=$?; {then}; exit $rc'
-        if then
-        else 'exec /bin/bash -c "$1"'
-    )
-    return ["/bin/bash", "-c", f"{ulimit}; {run}", "sandbox", command]
+        env["FIELDKIT_AS_KB"] = str(limits.memory_mb * 1024)
+    return env

@@ -7,12 +7,14 @@ per-process rlimits hold. `auto` never picks it while an isolating backend works
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 
 from fieldkit.gym.records import ExecResult, WorkspaceSeed
 from sandbox.base import WorkspaceSandbox, refuse_unrunnable
-from sandbox.limits import SandboxLimits, bash_argv
+from sandbox.image import cache_dir
+from sandbox.limits import RLIMITS_SCRIPT, SandboxLimits, rlimit_env
 from sandbox.process import run_process
 
 log = logging.getLogger(__name__)
@@ -40,11 +42,26 @@ class LocalSandbox(WorkspaceSandbox):
             "HOME": str(self.workspace.files),
             "TMPDIR": str(self.workspace.tmp),
             "LANG": "C.UTF-8",
-        }
-        argv = bash_argv(command, self.limits, per_uid_processes=False, address_space=True)
+        } | rlimit_env(self.limits, host_rlimits_script(), per_uid_processes=False, address_space=True)
         outcome = run_process(
-            argv, timeout=timeout, output_cap=self.limits.output_cap_bytes, cwd=str(self.workspace.files), env=env
+            ["/bin/bash", "-c", command],
+            timeout=timeout,
+            output_cap=self.limits.output_cap_bytes,
+            cwd=str(self.workspace.files),
+            env=env,
         )
         # bash execs a lone simple command, so a negative code is the command itself dying of a signal: report
         # it as bash would (128 + signal), as the isolating backends do.
         return outcome.result(outcome.returncode if outcome.returncode >= 0 else 128 - outcome.returncode)
+
+
+@functools.cache
+def host_rlimits_script() -> str:
+    """RLIMITS_SCRIPT as a host file (the isolating backends have it in their image), written once."""
+    path = cache_dir() / "rlimits.sh"
+    if not path.exists() or path.read_text() != RLIMITS_SCRIPT:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = path.with_suffix(f".{os.getpid()}")
+        staging.write_text(RLIMITS_SCRIPT)
+        staging.replace(path)
+    return str(path)

@@ -190,14 +190,17 @@ def reap_stale_workspaces(min_age_s: float = 60.0) -> list[int]:
         try:
             owner = (root / OWNER_FILE).read_text()
         except OSError:
-            if time.time() - root.stat().st_mtime < min_age_s:
+            try:
+                if time.time() - root.stat().st_mtime < min_age_s:
+                    continue
+            except FileNotFoundError:  # its owner removed it meanwhile
                 continue
             owner = ""
-        pid = int(owner.split()[0]) if owner else -1
-        if owner and process_identity(pid) == owner:
+        if owner and process_identity(int(owner.split()[0])) == owner:
             continue
-        _remove_root(root)
-        reaped.append(int(root.name))
+        with contextlib.suppress(FileNotFoundError):
+            _remove_root(root)
+            reaped.append(int(root.name))
     return reaped
 
 
