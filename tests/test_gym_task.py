@@ -119,3 +119,11 @@ def test_cli_validate_exits_1_on_any_error_and_0_on_a_clean_file(tmp_path) -> No
     assert f"{bad}:2: duplicate task_id" in failed.output
     missing = CliRunner().invoke(app, ["gym", "validate", str(tmp_path / "nope.jsonl")])
     assert missing.exit_code == 1 and "cannot read" in " ".join(missing.output.split())
+
+
+def test_line_separators_inside_json_strings_do_not_split_a_jsonl_line(tmp_path) -> None:
+    odd = variant(intent="Rename the level\u2028(the one with a \x1c in its notes).")
+    path = tmp_path / "tasks.jsonl"
+    path.write_text(Task.model_validate(odd).model_dump_json() + "\n" + json.dumps(variant(task_id="second")) + "\n")
+    tasks, problems = validate_file(path)
+    assert problems == [] and [t.task_id for t in tasks] == ["indie-game-dev-900", "second"]

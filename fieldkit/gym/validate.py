@@ -96,7 +96,9 @@ def validate_file(path: str | Path) -> tuple[list[Task], list[Problem]]:
         return [], [Problem(0, f"cannot read {path}: {exc.strerror}")]
     except UnicodeDecodeError as exc:
         return [], [Problem(0, f"{path} is not UTF-8 (byte {exc.start})")]
-    tasks, problems = validate_lines(text.splitlines())
+    # JSONL lines end at "\n" only: splitlines() would also cut at U+2028, \x1c and the like, which JSON strings
+    # may hold raw, and misnumber every line after them (a "\r" left at the end is JSON whitespace)
+    tasks, problems = validate_lines(text.split("\n"))
     if not tasks and not problems:
         problems.append(Problem(0, f"{path} holds no tasks"))
     return tasks, problems
