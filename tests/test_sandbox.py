@@ -159,3 +159,33 @@ def test_auto_prefers_an_isolating_backend() -> None:
     assert resolve_backend("auto") == available[0]
     with pytest.raises(ValueError, match="allowed: auto, docker, bwrap, local"):
         resolve_backend("chroot")
+
+
+def test_reap_stale_removes_what_a_dead_owner_left_and_keeps_live_sandboxes() -> None:
+    from sandbox import reap_stale
+    from sandbox.workspace import OWNER_FILE
+
+    dead_owner = "999999999 1"  # no such pid: the creator is gone
+    live = create_sandbox(SEED, "local", LIMITS)
+    orphan = create_sandbox(SEED, "local", LIMITS)
+    (orphan.workspace.root / OWNER_FILE).write_text(dead_owner)  # type: ignore[attr-defined]
+    container = None
+    if "docker" in available_backends():
+        import docker
+
+        from sandbox.container import LABEL, OWNER_LABEL
+        from sandbox.image import ensure_image
+
+        client = docker.from_env()
+        labels = {LABEL: "orphan", OWNER_LABEL: dead_owner}
+        container = client.containers.run(ensure_image(client), ["/usr/bin/sleep", "60"], detach=True, labels=labels)
+    reaped = reap_stale()
+    assert reaped["workspaces"] >= 1 and not orphan.workspace.root.exists()  # type: ignore[attr-defined]
+    assert live.is_alive() and live.exec("cat data.csv", 5).stdout == "a,b\n1,2\n"
+    if container is not None:
+        import docker
+
+        assert reaped["containers"] >= 1
+        with pytest.raises(docker.errors.NotFound):
+            container.reload()
+    live.close()
