@@ -105,7 +105,6 @@ def main(engine: str = "vllm") -> dict[str, float]:
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     import ray
     from ray import serve
-    from ray.util.state import list_actors
 
     from fieldkit.config import RunConfig
     from services.serve import start_endpoint
@@ -124,9 +123,8 @@ def main(engine: str = "vllm") -> dict[str, float]:
             started = time.perf_counter()
             endpoint = start_endpoint(config)
             start_s = time.perf_counter() - started
-            gcs = ray.get_runtime_context().gcs_address
-            alive = list_actors(address=gcs, filters=[("class_name", "=", "PolicyServer"), ("state", "=", "ALIVE")])
-            (name,) = [a.name for a in alive if a.name and a.name.startswith(POLICY_ACTOR_PREFIX)]
+            named = ray.util.list_named_actors(all_namespaces=True)
+            (name,) = [a["name"] for a in named if a["name"].startswith(POLICY_ACTOR_PREFIX)]
             policy = ray.get_actor(name, namespace=SERVE_NAMESPACE)
             figures = asyncio.run(_measure(policy, endpoint.base_url))
         finally:

@@ -115,7 +115,6 @@ class OpenAIServer:
     async def __init__(self, settings: ServeSettings) -> None:  # type: ignore[misc]  # Serve awaits it
         from services.policy import start_policy_server
 
-        self._settings = settings
         self._base = settings.base_name
         self._api_key = settings.api_key
         self._created = int(time.time())
