@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -45,11 +46,23 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> Clust
                 num_cpus=num_cpus,
                 include_dashboard=True,
                 dashboard_host=DASHBOARD_HOST,
-                dashboard_port=DASHBOARD_PORT,
+                dashboard_port=dashboard_port(),
             )
             started_here = True
         dashboard = context.dashboard_url or dashboard
     return ClusterInfo(ray.get_runtime_context().gcs_address, f"http://{dashboard}", started_here)
+
+
+def dashboard_port() -> int:
+    """8265 when it is free; otherwise (another cluster on this machine holds it) any free port."""
+    for port in (DASHBOARD_PORT, 0):
+        with socket.socket() as probe:
+            try:
+                probe.bind((DASHBOARD_HOST, port))
+            except OSError:
+                continue
+            return int(probe.getsockname()[1])
+    raise RuntimeError(f"no free TCP port on {DASHBOARD_HOST}")
 
 
 def ensure_auth_token() -> Path:
