@@ -84,7 +84,7 @@ class HfEngine(Engine):
         logprobs: list[float] = []
         top: list[dict[int, float]] = []
         finish: Literal["stop", "length"] = "length"
-        text = ""
+        cut = -1  # where a stop string starts in the reply's text
         with self._serving(lora) as model:
             out = model(input_ids=torch.tensor([prompt_ids], device=self._device), use_cache=True)
             for _ in range(max_tokens):
@@ -96,17 +96,19 @@ class HfEngine(Engine):
                 if request.top_logprobs:
                     values, ids = logp_v.topk(request.top_logprobs)
                     top.append(dict(zip(ids.tolist(), values.tolist(), strict=True)))
-                text = self._tokenizer.decode(token_ids, skip_special_tokens=True)
-                cut = min((i for i in (text.find(s) for s in request.stop) if i >= 0), default=-1)
+                if request.stop:
+                    text = self._tokenizer.decode(token_ids, skip_special_tokens=True)
+                    cut = min((i for i in (text.find(s) for s in request.stop) if i >= 0), default=-1)
                 if token in self._eos or cut >= 0:
-                    finish, text = "stop", text[:cut] if cut >= 0 else text
+                    finish = "stop"
                     break
                 step = torch.tensor([[token]], device=self._device)
                 out = model(input_ids=step, past_key_values=out.past_key_values, use_cache=True)
+        text = self._tokenizer.decode(token_ids, skip_special_tokens=True)
         return GenerateResult(
             prompt_token_ids=prompt_ids,
             token_ids=token_ids,
-            text=text,
+            text=text[:cut] if cut >= 0 else text,
             logprobs=logprobs,
             top_logprobs=top if request.top_logprobs else None,
             finish_reason=finish,
