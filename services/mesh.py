@@ -35,6 +35,7 @@ class Mesh:
     learner: Any
 
     def shutdown(self) -> None:
+        ray.get([pool.close.remote() for pool in self.pools.values()])  # containers and mounts, not left to reap
         for actor in [*self.workers, self.grader, *self.pools.values(), self.learner, self.policy]:
             ray.kill(actor)
 
