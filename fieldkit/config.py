@@ -290,6 +290,12 @@ class RunConfig(Section):
             where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
             problem = getattr(exc, "problem", None) or str(exc)
             raise ConfigError(source, [f"YAML syntax error at {where}{problem}"]) from exc
+        except RecursionError:  # PyYAML reads nesting recursively: a few hundred levels exhaust the stack
+            raise ConfigError(
+                source, ["YAML nested too deeply to read; a config is sections of plain values"]
+            ) from None
+        except Exception as exc:  # PyYAML's constructors raise plain errors on tagged values (`!!int ` with no digits)
+            raise ConfigError(source, [f"YAML value cannot be read: {type(exc).__name__}: {exc}"]) from exc
         if data is None:
             data = {}
         if not isinstance(data, dict):

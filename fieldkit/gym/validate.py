@@ -91,13 +91,14 @@ def validate_lines(lines: list[str]) -> tuple[list[Task], list[Problem]]:
 def validate_file(path: str | Path) -> tuple[list[Task], list[Problem]]:
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_bytes().decode("utf-8")
     except OSError as exc:
         return [], [Problem(0, f"cannot read {path}: {exc.strerror}")]
     except UnicodeDecodeError as exc:
         return [], [Problem(0, f"{path} is not UTF-8 (byte {exc.start})")]
-    # JSONL lines end at "\n" only: splitlines() would also cut at U+2028, \x1c and the like, which JSON strings
-    # may hold raw, and misnumber every line after them (a "\r" left at the end is JSON whitespace)
+    # JSONL lines end at "\n" only, so line numbers are those of grep -n and sed. Universal newlines (read_text) would
+    # also cut at a lone "\r" (JSON whitespace) and splitlines() at U+2028 (raw in JSON strings), misnumbering every
+    # line after them; a "\r" left at a line's end is whitespace to json.loads.
     tasks, problems = validate_lines(text.split("\n"))
     if not tasks and not problems:
         problems.append(Problem(0, f"{path} holds no tasks"))

@@ -62,13 +62,39 @@ def _check_safetensors(path: Path) -> None:
             problem = "header is not valid JSON"
         else:
             tensors = {k: v for k, v in header.items() if k != "__metadata__"}
-            ends = [v.get("data_offsets", [0, 0])[1] for v in tensors.values() if isinstance(v, dict)]
+            spans = {k: v.get("data_offsets") if isinstance(v, dict) else None for k, v in tensors.items()}
+            garbled = [k for k, span in spans.items() if not _is_span(span)]
             if not tensors:
                 problem = "holds no tensors"
-            elif len(ends) != len(tensors) or max(ends) > body:
+            elif garbled:
+                problem = f"tensor {garbled[0]!r} has no data_offsets [begin, end] of byte positions"
+            elif max(span[1] for span in spans.values()) > body:  # type: ignore[index]
                 problem = f"tensor data runs past the end of the file ({body} data bytes)"
+    if problem is None:
+        problem = _safetensors_problem(path)
     if problem:
         raise AdapterRejectedError(f"adapter weights {path} are corrupt: {problem}")
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """What safetensors itself says of the header (dtypes, shapes and offsets consistent); None when it opens."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy"):  # reads and checks the header only; no tensor is loaded
+            return None
+    except (SafetensorError, OSError, ValueError) as exc:
+        return str(exc)
+
+
+def _is_span(value: object) -> bool:
+    """[begin, end]: two non-negative int byte positions in order (safetensors' data_offsets)."""
+    return (
+        isinstance(value, list)
+        and len(value) == 2
+        and all(isinstance(x, int) and not isinstance(x, bool) for x in value)
+        and 0 <= value[0] <= value[1]
+    )
 
 
 @dataclass
