@@ -108,7 +108,7 @@ def main(engine: str = "vllm") -> dict[str, float]:
 
     from fieldkit.config import RunConfig
     from services.serve import start_endpoint
-    from services.serve.app import POLICY_ACTOR_PREFIX, SERVE_NAMESPACE
+    from services.serve.app import POLICY_ACTOR_PREFIX
 
     with tempfile.TemporaryDirectory() as tmp:
         config = RunConfig.model_validate(
@@ -124,8 +124,8 @@ def main(engine: str = "vllm") -> dict[str, float]:
             endpoint = start_endpoint(config)
             start_s = time.perf_counter() - started
             named = ray.util.list_named_actors(all_namespaces=True)
-            (name,) = [a["name"] for a in named if a["name"].startswith(POLICY_ACTOR_PREFIX)]
-            policy = ray.get_actor(name, namespace=SERVE_NAMESPACE)
+            (engine,) = [a for a in named if a["name"].startswith(POLICY_ACTOR_PREFIX)]
+            policy = ray.get_actor(engine["name"], namespace=engine["namespace"])
             figures = asyncio.run(_measure(policy, endpoint.base_url))
         finally:
             serve.shutdown()

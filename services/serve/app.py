@@ -55,10 +55,9 @@ from services.serve.schema import ChatCompletionRequest, CompletionRequest, Toke
 log = logging.getLogger(__name__)
 
 DEPLOYMENT = "OpenAIServer"
-# Each replica's PolicyServer is named (in Serve's namespace) after its app and replica, so the dashboard shows
-# which is which and a benchmark can reach the engine behind the HTTP layer.
+# Each replica's PolicyServer is named after its app and replica, so the dashboard shows which is which and a
+# benchmark can reach the engine behind the HTTP layer.
 POLICY_ACTOR_PREFIX = "fieldkit-serve-policy:"
-SERVE_NAMESPACE = "serve"
 Authorization = Annotated[str | None, Header()]
 
 
