@@ -118,9 +118,8 @@ class TrainingRun:
             self._publish(step, walls)
         walls["step_s"] = time.perf_counter() - started
         metrics = {
-            **trial_metrics(episodes, prefix="train"),
+            **episode_metrics(episodes, "train"),
             "train.reward": _mean([e.reward for e in episodes if e.reward is not None]),
-            "train.failed": float(sum(e.stop_reason == "failed" for e in episodes)),
             "train.zero_signal_groups": float(batch.zero_signal_groups),
             "train.groups": float(batch.groups),
             **{f"learner.{k}": v for k, v in learner_metrics.items()},
@@ -204,20 +203,24 @@ class TrainingRun:
             )
             episodes = run_episodes(self.mesh, specs, f"held-out gate @ step {step}")
             atomic_write_jsonl(path, episodes)
-        metrics = trial_metrics(episodes, prefix="heldout")
-        score = metrics[GATE_METRIC] or 0.0
-        is_best = self.best_metric is None or score > self.best_metric
+        metrics = episode_metrics(episodes, "heldout")
+        if GATE_METRIC not in metrics:  # every episode faulted: nothing was measured
+            status, score, is_best = "crash", 0.0, False
+        else:
+            score = metrics[GATE_METRIC] or 0.0
+            is_best = self.best_metric is None or score > self.best_metric
+            status = "baseline" if step == 0 else ("keep" if is_best else "discard")
         if is_best and self.adapter is not None:
             self.best_metric = score
             self._copy_best(Path(self.adapter.path))
-        status = "baseline" if step == 0 else ("keep" if is_best else "discard")
         parent = f"step-{step:04d}" if step else ("sft" if self.cfg.sft.warm_start else None)
         walls = {"gate_s": time.perf_counter() - t0}
         self._record(f"gate-{step:04d}", parent, "heldout-gate", status, step, (GATE_METRIC, "max"), metrics, walls)
         console.print(
-            f"[bold]held-out gate @ step {step}[/bold]: pass {metrics['heldout.task_pass']:.1%}, "
-            f"per-assertion {score:.1%}, task_complete {metrics['heldout.task_complete']:.1%}, "
-            f"turns {metrics['heldout.mean_turns']:.2f}{'  (best)' if is_best else ''}"
+            f"[bold]held-out gate @ step {step}[/bold]: pass {metrics.get('heldout.task_pass', 0):.1%}, "
+            f"per-assertion {score:.1%}, task_complete {metrics.get('heldout.task_complete', 0):.1%}, "
+            f"turns {metrics.get('heldout.mean_turns', 0):.2f}, failed {metrics['heldout.failed']:.0f}"
+            + ("  (best)" if is_best else "")
         )
 
     def _copy_best(self, adapter_dir: Path) -> None:
@@ -272,10 +275,17 @@ class TrainingRun:
     def _show(self, step: int, m: dict[str, Any]) -> None:
         console.print(
             f"step {step}/{self.cfg.max_steps}: reward {m['train.reward']:.3f}, "
-            f"task_complete {m['train.task_complete']:.0%}, turns {m['train.mean_turns']:.2f}, "
+            f"task_complete {m.get('train.task_complete', 0):.0%}, turns {m.get('train.mean_turns', 0):.2f}, "
             f"KL {m.get('learner.kl', 0.0):.4f}, failed {m['train.failed']:.0f} | "
             + ", ".join(f"{k[5:]} {v:.1f}s" for k, v in m.items() if k.startswith("wall."))
         )
+
+
+def episode_metrics(episodes: list[Episode], prefix: str) -> dict[str, float | None]:
+    """trial_metrics of the graded episodes, plus how many faulted (an infrastructure failure is not a score)."""
+    graded = [e for e in episodes if e.grade is not None]
+    measured = trial_metrics(graded, prefix=prefix) if graded else {}
+    return {**measured, f"{prefix}.failed": float(len(episodes) - len(graded))}
 
 
 def _mean(values: list[float]) -> float:
