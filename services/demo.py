@@ -38,6 +38,8 @@ class DemoResult:
 
 def run_demo(cfg: RunConfig) -> DemoResult:
     started = time.perf_counter()
+    # every demo is a new run (a second `make demo` must not trip over the first one's checkpoints)
+    cfg = cfg.model_copy(update={"run_name": f"{cfg.run_name}-{time.strftime('%Y%m%d-%H%M%S')}"})
     cluster = connect(cfg.resources.ray_address)
     tasks, split = load_corpus(cfg.paths.corpus_dir)
     by_id = {t.task_id: t for t in tasks}
