@@ -182,7 +182,9 @@ class RolloutConfig(Section):
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling for training rollouts")
     command_timeout_s: float = Field(10.0, gt=0, description="per-command timeout (exit 124), as in the reference")
     workers: int = Field(2, ge=1, description="RolloutWorker actors")
-    max_staleness: int = Field(0, ge=0, le=1, description="0 = synchronous; 1 = rollouts of n+1 during training n")
+    max_staleness: int = Field(
+        0, ge=0, le=0, description="0 = synchronous; pipelined rollouts (1: step n+1 during training n) are not built yet"
+    )
 
 
 class SandboxConfig(Section):
