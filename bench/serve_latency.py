@@ -1,6 +1,6 @@
 """What the OpenAI-compatible endpoint costs on top of the engine: the same chat requests sent through the official
 `openai` client to the Serve application, and straight to the replica's PolicyServer actor (the baseline, measured
-in the same run on the same engine). One request at a time, then 50 at once (streamed through the endpoint).
+in the same run on the same engine). One request at a time, then 50 at once (plain and streamed).
 
 The endpoint streams a reply once the policy server has generated it (the engine interface has no token stream
 yet), so time to first token equals the whole reply's latency; the table shows both.
@@ -77,6 +77,7 @@ async def _measure(policy: Any, base_url: str) -> dict[str, float]:
     started = time.perf_counter()
     direct_burst = await asyncio.gather(*(_direct(policy, i) for i in range(CONCURRENT)))
     direct_wall = time.perf_counter() - started
+    plain = [total for _, total, _ in await asyncio.gather(*(_endpoint(client, i, False) for i in range(CONCURRENT)))]
     started = time.perf_counter()
     burst = await asyncio.gather(*(_endpoint(client, i, stream=True) for i in range(CONCURRENT)))
     endpoint_wall = time.perf_counter() - started
@@ -89,6 +90,8 @@ async def _measure(policy: Any, base_url: str) -> dict[str, float]:
         "seq_overhead_ratio": statistics.median(endpoint_seq) / statistics.median(direct_seq),
         "direct_50_p50_s": statistics.median(direct_burst),
         "direct_50_p99_s": _p(list(direct_burst), 0.99),
+        "plain_50_p50_s": statistics.median(plain),
+        "plain_50_p50_ratio": statistics.median(plain) / statistics.median(direct_burst),
         "stream_50_p50_s": statistics.median(totals),
         "stream_50_p99_s": _p(totals, 0.99),
         "stream_50_first_token_p50_s": statistics.median(firsts),
@@ -124,8 +127,8 @@ def main(engine: str = "vllm") -> dict[str, float]:
             endpoint = start_endpoint(config)
             start_s = time.perf_counter() - started
             named = ray.util.list_named_actors(all_namespaces=True)
-            (engine,) = [a for a in named if a["name"].startswith(POLICY_ACTOR_PREFIX)]
-            policy = ray.get_actor(engine["name"], namespace=engine["namespace"])
+            (found,) = [a for a in named if a["name"].startswith(POLICY_ACTOR_PREFIX)]
+            policy = ray.get_actor(found["name"], namespace=found["namespace"])
             figures = asyncio.run(_measure(policy, endpoint.base_url))
         finally:
             serve.shutdown()
@@ -135,6 +138,7 @@ def main(engine: str = "vllm") -> dict[str, float]:
         ("1 request, direct to the actor", figures["direct_seq_p50_s"], 1.0, "itself"),
         ("1 request, endpoint (p50)", figures["endpoint_seq_p50_s"], figures["seq_overhead_ratio"], "direct"),
         (f"{CONCURRENT} at once, direct p50", figures["direct_50_p50_s"], 1.0, "itself"),
+        (f"{CONCURRENT} at once, endpoint p50", figures["plain_50_p50_s"], figures["plain_50_p50_ratio"], "direct"),
         (f"{CONCURRENT} streams, endpoint p50", figures["stream_50_p50_s"], figures["stream_50_p50_ratio"], "direct"),
         (f"{CONCURRENT} streams, endpoint p99", figures["stream_50_p99_s"], figures["stream_50_p99_ratio"], "dir. p99"),
         (f"{CONCURRENT} streams, first token p50", figures["stream_50_first_token_p50_s"], None, ""),

@@ -80,12 +80,14 @@ def cause_of(exc: BaseException) -> BaseException:
 
 
 def _sse(chunks: Iterator[dict[str, Any]]) -> StreamingResponse:
-    async def events() -> AsyncIterator[str]:
-        for chunk in chunks:
-            yield f"data: {json.dumps(chunk)}\n\n"
-        yield "data: [DONE]\n\n"
+    """Server-sent events, one per chunk. The reply is complete before the first event, so all of them go out in
+    one write: each write is a message from the replica through Serve's proxy, and one per token made 50 concurrent
+    streams ~6x slower than the engine."""
 
-    return StreamingResponse(events(), media_type="text/event-stream")
+    async def body() -> AsyncIterator[str]:
+        yield "".join(f"data: {json.dumps(chunk)}\n\n" for chunk in chunks) + "data: [DONE]\n\n"
+
+    return StreamingResponse(body(), media_type="text/event-stream")
 
 
 def _newest_per_name(refs: list[AdapterRef]) -> list[AdapterRef]:
