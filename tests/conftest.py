@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -48,17 +51,24 @@ def require_sandbox_backend(name: str) -> str:
 
 @pytest.fixture
 def head_cluster():
-    """A head node on free ports, started the way the README says (token first, then `ray start --head`)."""
-    gcs_port, dashboard_port = free_port(), free_port()
+    """A head node on free ports, started the way the README says (token first, then `ray start --head`).
+
+    It gets its own temp dir, which every one of its processes names on its command line: teardown stops exactly
+    those (`ray stop` would also stop every other Ray cluster on this machine).
+    """
     from services.cluster import client_env, ensure_auth_token
 
-    env = client_env()
+    gcs_port, dashboard_port = free_port(), free_port()
+    temp_dir = tempfile.mkdtemp(prefix="rayhead")  # short: Ray's socket paths live under it
     ensure_auth_token()
-    command = ["start", "--head", f"--port={gcs_port}", "--dashboard-host=127.0.0.1"]
+    command = ["start", "--head", f"--port={gcs_port}", "--dashboard-host=127.0.0.1", f"--temp-dir={temp_dir}"]
     command += [f"--dashboard-port={dashboard_port}", "--num-cpus=4", "--disable-usage-stats"]
-    started = subprocess.run([Path(sys.executable).parent / "ray", *command], env=env, capture_output=True, text=True)
-    assert started.returncode == 0, started.stdout + started.stderr
+    started = subprocess.run([Path(sys.executable).parent / "ray", *command], env=client_env(), capture_output=True)
     try:
+        assert started.returncode == 0, started.stdout.decode() + started.stderr.decode()
         yield f"http://127.0.0.1:{dashboard_port}"
     finally:
-        subprocess.run([Path(sys.executable).parent / "ray", "stop", "--force"], env=env, capture_output=True)
+        for sig in ("TERM", "KILL"):
+            subprocess.run(["pkill", f"-{sig}", "-f", temp_dir])
+            time.sleep(2)
+        shutil.rmtree(temp_dir, ignore_errors=True)
