@@ -19,12 +19,12 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Header
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict
 from ray import serve
 
@@ -79,15 +79,12 @@ def cause_of(exc: BaseException) -> BaseException:
     return exc
 
 
-def _sse(chunks: Iterator[dict[str, Any]]) -> StreamingResponse:
-    """Server-sent events, one per chunk. The reply is complete before the first event, so all of them go out in
-    one write: each write is a message from the replica through Serve's proxy, and one per token made 50 concurrent
-    streams ~6x slower than the engine."""
-
-    async def body() -> AsyncIterator[str]:
-        yield "".join(f"data: {json.dumps(chunk)}\n\n" for chunk in chunks) + "data: [DONE]\n\n"
-
-    return StreamingResponse(body(), media_type="text/event-stream")
+def _sse(chunks: Iterator[dict[str, Any]]) -> Response:
+    """Server-sent events, one per chunk, ending with [DONE]. The reply is complete before the first event (the
+    policy server returns whole generations), so the events go out as one ordinary response body: a streamed
+    response crosses Serve's proxy as a message per write, which made 50 concurrent streams 2-6x slower."""
+    events = "".join(f"data: {json.dumps(chunk)}\n\n" for chunk in chunks) + "data: [DONE]\n\n"
+    return Response(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
 def _newest_per_name(refs: list[AdapterRef]) -> list[AdapterRef]:
@@ -185,7 +182,7 @@ class OpenAIServer:
     @api.post("/v1/chat/completions", response_model=None)
     async def chat_completions(
         self, body: ChatCompletionRequest, authorization: Authorization = None
-    ) -> dict[str, Any] | StreamingResponse:
+    ) -> dict[str, Any] | Response:
         self._authorize(authorization)
         requests = translate.chat_generate_requests(body, self._adapter(body.model), self._max_model_len)
         results = await self._generate(requests, body.model, "messages")
@@ -197,7 +194,7 @@ class OpenAIServer:
     @api.post("/v1/completions", response_model=None)
     async def completions(
         self, body: CompletionRequest, authorization: Authorization = None
-    ) -> dict[str, Any] | StreamingResponse:
+    ) -> dict[str, Any] | Response:
         self._authorize(authorization)
         prompts = body.prompts()
         prompt_ids = [self._tokenizer(p)["input_ids"] if isinstance(p, str) else p for p in prompts]
