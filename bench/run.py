@@ -128,7 +128,9 @@ def run_benchmark(
         result_path = Path(tmp) / "result.json"
         command = [sys.executable, "-m", "bench.run", "--child", name, "--package", package]
         command += ["--result", str(result_path), *(["--quick"] if quick else [])]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
+        # RAY_ADDRESS=local: a benchmark's ray.init() starts its own Ray, never joins a cluster that `ray start` left
+        # running on this host (it would refuse the benchmark's num_cpus, or measure someone else's load)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "RAY_ADDRESS": "local"}
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(cwd), str(REPO), env.get("PYTHONPATH", "")) if p)
         tail: collections.deque[str] = collections.deque(maxlen=OUTPUT_TAIL_LINES)
         start = time.perf_counter()
