@@ -64,7 +64,7 @@ def main(dtype: str = "bfloat16") -> dict[str, float]:
     config = RunConfig.model_validate({"model": {"engine": "vllm", "dtype": dtype, "max_model_len": 1024}})
     started_ray = not ray.is_initialized()
     if started_ray:
-        ray.init(num_cpus=4, include_dashboard=False)
+        ray.init(address="local", num_cpus=4, include_dashboard=False)  # never join a `ray start` cluster
     model_dir = resolve_model_path(config.model, config.paths.models_dir)
     with tempfile.TemporaryDirectory() as tmp:
         refs: list[AdapterRef] = [

@@ -50,7 +50,7 @@ def server(request: pytest.FixtureRequest, tiny_model_dir: Path) -> Iterator[Any
 
     started_ray = not ray.is_initialized()
     if started_ray:
-        ray.init(num_cpus=4, include_dashboard=False)
+        ray.init(address="local", num_cpus=4, include_dashboard=False)  # never join a `ray start` cluster
     config = RunConfig.model_validate(
         {
             "model": {"engine": request.param, "max_model_len": MAX_MODEL_LEN},
