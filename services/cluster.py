@@ -43,6 +43,7 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> Clust
             context = ray.init(address=address)
         else:
             context = ray.init(
+                address="local",  # a new cluster: never join whatever `ray start` left on this machine
                 num_cpus=num_cpus,
                 include_dashboard=True,
                 dashboard_host=DASHBOARD_HOST,
