@@ -120,6 +120,7 @@ class TrainingRun:
         metrics = {
             **episode_metrics(episodes, "train"),
             "train.reward": _mean([e.reward for e in episodes if e.reward is not None]),
+            "rollout.template_mismatches": float(self._template_mismatches()),
             "train.zero_signal_groups": float(batch.zero_signal_groups),
             "train.groups": float(batch.groups),
             **{f"learner.{k}": v for k, v in learner_metrics.items()},
@@ -133,6 +134,11 @@ class TrainingRun:
         self._record(f"step-{step:04d}", parent, "rl-step", status, step, ("train.reward", "max"), metrics, walls)
         self._show(step, metrics)
         return set(self.zero_signal) == set(self.train_ids) and all(self.zero_signal.values())
+
+    def _template_mismatches(self) -> int:
+        """Chat-template re-render mismatches the workers counted so far (reported, never patched)."""
+        counts = ray.get([worker.mismatch_counts.remote() for worker in self.mesh.workers])
+        return sum(sum(c.values()) for c in counts)
 
     def _rollouts(self, step: int, walls: dict[str, float]) -> list[Episode]:
         path = self.dir.step_episodes(step)
