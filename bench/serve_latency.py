@@ -121,7 +121,7 @@ def main(engine: str = "vllm") -> dict[str, float]:
                 "serve": {"port": _free_port(), "app_name": "fieldkit-bench"},
             }
         )
-        ray.init(num_cpus=4, include_dashboard=False)
+        ray.init(address="local", num_cpus=4, include_dashboard=False)  # never a `ray start` cluster
         try:
             started = time.perf_counter()
             endpoint = start_endpoint(config)

@@ -39,7 +39,7 @@ def mesh(tiny_model_dir: Path):
     from services.policy import start_policy_server
     from services.sandbox_pool import start_pools
 
-    context = ray.init(num_cpus=4, include_dashboard=True, dashboard_port=free_port())
+    context = ray.init(address="local", num_cpus=4, include_dashboard=True, dashboard_port=free_port())
     config = RunConfig.model_validate(
         {"model": {"engine": "hf", "max_model_len": 512}, "paths": {"models_dir": str(REPO / "runs" / "models")}}
     )

@@ -58,7 +58,7 @@ def endpoint(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
             "serve": {"port": free_port(), "api_key": API_KEY, "app_name": "fieldkit-test"},
         }
     )
-    ray.init(num_cpus=4, include_dashboard=False)
+    ray.init(address="local", num_cpus=4, include_dashboard=False)  # never a `ray start` cluster
     try:
         info = start_endpoint(config, [AdapterSource(root / "run-a" / "best")])
         yield {"info": info, "config": config, "root": root, "model_dir": tiny_model_dir}
