@@ -21,7 +21,7 @@ def ray_cluster():
 
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=3, include_dashboard=False)
+        ray.init(address="local", num_cpus=3, include_dashboard=False)  # never join another cluster
     yield
     if started:
         ray.shutdown()

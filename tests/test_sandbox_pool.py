@@ -25,7 +25,7 @@ SEED_B = WorkspaceSeed(files=[WorkspaceFile(path="b/b.txt", content="task B\n")]
 
 @pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[None]:
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)  # never join another cluster
     yield
     ray.shutdown()
 
