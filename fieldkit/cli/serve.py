@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import threading
 from pathlib import Path
 from typing import Annotated
@@ -29,7 +30,7 @@ def serve(
     config: Annotated[Path | None, typer.Option("--config", help="RunConfig YAML: model, engine, paths")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the endpoint as JSON once it serves")] = False,
 ) -> None:
-    """Serve the base model and adapters at http://HOST:PORT/v1 until interrupted (Ctrl-C stops it)."""
+    """Serve the base model and adapters at http://HOST:PORT/v1 until interrupted (Ctrl-C or SIGTERM)."""
     adapters = adapter or []
     names = name or []
     if len(names) > len(adapters):
@@ -54,7 +55,12 @@ def serve(
     else:
         console.print(f"[green]serving[/green] {endpoint.base_url}  models: {', '.join(endpoint.models)}")
         console.print(f"Ray dashboard: {endpoint.ray_dashboard_url}   (Ctrl-C stops the endpoint)")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())  # a service manager's stop ends it like Ctrl-C
     try:
-        threading.Event().wait()
+        while not stop.wait(1.0):
+            pass
     except KeyboardInterrupt:
-        stop_endpoint(cfg.serve.app_name)
+        pass
+    stop_endpoint(cfg.serve.app_name)
+    console.print("endpoint stopped")
