@@ -72,3 +72,20 @@ def head_cluster():
             subprocess.run(["pkill", f"-{sig}", "-f", temp_dir])
             time.sleep(2)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def submit_job(
+    address: str, working_dir: Path, entrypoint: list[str], timeout: float
+) -> subprocess.CompletedProcess[str]:
+    """`ray job submit` as the README says. A head that has just started may not have its job agent yet (Ray
+    answers 500 "No available agent ... try again later"): that answer alone is retried, for up to a minute."""
+    from services.cluster import client_env
+
+    command = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", address]
+    command += ["--working-dir", str(working_dir), "--", *entrypoint]
+    deadline = time.monotonic() + 60
+    while True:
+        done = subprocess.run(command, env=client_env(), capture_output=True, text=True, timeout=timeout)
+        if "No available agent" not in done.stdout + done.stderr or time.monotonic() > deadline:
+            return done
+        time.sleep(3)

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import submit_job
 
 from services.cluster import client_env
 
@@ -20,10 +21,7 @@ def test_job_submit_with_token_auth(head_cluster: str, tmp_path: Path) -> None:
     ray = str(BIN / "ray")
     env = client_env()
     address = ["--address", head_cluster]
-    submit = subprocess.run(
-        [ray, "job", "submit", *address, "--working-dir", str(tmp_path), "--", "python", "job.py"],
-        env=env, capture_output=True, text=True, timeout=180,
-    )  # fmt: skip
+    submit = submit_job(head_cluster, tmp_path, ["python", "job.py"], timeout=180)
     assert submit.returncode == 0, submit.stdout + submit.stderr
     assert "succeeded" in submit.stdout.lower()
     job_id = next(word.strip("'") for word in submit.stdout.split() if word.strip("'").startswith("raysubmit_"))

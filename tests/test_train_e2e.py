@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import submit_job
 
 from fieldkit.gym.corpus import write_corpus
 from fieldkit.gym.generator import generate_tasks
@@ -99,11 +100,8 @@ def test_ray_job_submit_runs_the_driver(tiny_model_dir, tmp_path: Path, head_clu
     ray_cli = str(Path(sys.executable).parent / "ray")
     env = client_env()
     address = ["--address", head_cluster]
-    submit = subprocess.run(
-        [ray_cli, "job", "submit", *address, "--working-dir", str(REPO), "--",
-         "python", "-m", "services.train", "--config", str(config)],
-        env=env, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
+    entrypoint = ["python", "-m", "services.train", "--config", str(config)]
+    submit = submit_job(head_cluster, REPO, entrypoint, timeout=900)
     assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
     job_id = next(w.strip("'") for w in submit.stdout.split() if w.strip("'").startswith("raysubmit_"))
     status = subprocess.run([ray_cli, "job", "status", *address, job_id], env=env, capture_output=True, text=True)
