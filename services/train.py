@@ -41,6 +41,7 @@ from fieldkit.runs import RunDir, atomic_write_bytes, atomic_write_json, atomic_
 from fieldkit.training.records import AdapterRef
 from services.cluster import connect
 from services.mesh import Mesh, episode_specs, run_episodes, start_mesh
+from services.serve.adapters import REF_FILE
 
 console = Console()
 # Checkpoints are chosen on held-out per-assertion: finer-grained than task pass, which a small model rarely moves.
@@ -233,6 +234,8 @@ class TrainingRun:
         staging = self.dir.best.with_name("best.tmp")
         shutil.rmtree(staging, ignore_errors=True)
         shutil.copytree(adapter_dir, staging)
+        if self.adapter is not None:  # `fieldkit serve --adapter runs/<run>/best` serves it with the learner's probe
+            (staging / REF_FILE).write_text(self.adapter.model_dump_json(indent=2))
         shutil.rmtree(self.dir.best, ignore_errors=True)
         staging.rename(self.dir.best)
 

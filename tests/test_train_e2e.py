@@ -92,7 +92,7 @@ def test_driver_killed_after_step_one_resumes_and_finishes_each_step_once(tiny_m
     trials = LineageStore(tmp_path / "runs" / "lineage.db").trials("resume")
     ids = [t.trial_id for t in trials]
     assert ids == ["resume/gate-0000", "resume/step-0001", "resume/step-0002", "resume/gate-0002"]
-    assert (run.best / "adapter_config.json").exists()
+    assert (run.best / "adapter_config.json").exists() and (run.best / "adapter_ref.json").exists()
 
 
 def test_ray_job_submit_runs_the_driver(tiny_model_dir, tmp_path: Path, head_cluster: str) -> None:
