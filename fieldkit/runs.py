@@ -108,6 +108,12 @@ class RunDir:
             raise FileNotFoundError(f"{self.latest} points at step {step} but {path}/state.json is missing")
         return step, path
 
+    def checkpoints(self) -> list[tuple[int, Path]]:
+        """Every complete checkpoint (state.json written, which is written last), newest first."""
+        root = self.root / "checkpoints"
+        found = [(int(path.name), path) for path in root.glob("[0-9]" * 6) if (path / "state.json").exists()]
+        return sorted(found, reverse=True)
+
     def mark_latest(self, step: int) -> None:
         atomic_write_json(self.latest, {"step": step, "path": str(self.checkpoint(step))})
 

@@ -2,6 +2,9 @@
 
 A thin shell around `fieldkit.training.trainer.LoraPolicyTrainer`: the model is loaded once and stays in memory
 for the whole run (the reference reloaded a 15 GB base for 124 s at every step). Calls run one at a time, in order.
+
+A learner whose process dies (OOM, kill -9) is restarted by Ray from the run's latest checkpoint, and the call it
+was in is retried there: a step interrupted half way is recomputed from the state it started from.
 """
 
 from __future__ import annotations
@@ -13,16 +16,28 @@ import ray
 
 from fieldkit.config import RunConfig
 from fieldkit.rl.records import TrainBatch
+from fieldkit.runs import RunDir
 from fieldkit.training.records import AdapterRef
 from fieldkit.training.sft import SftExample
 
+MAX_RESTARTS = 3  # a learner that dies at every start (a checkpoint that no longer fits) must not restart forever
 
-@ray.remote(num_cpus=1)
+
+@ray.remote(num_cpus=1, max_restarts=MAX_RESTARTS, max_task_retries=-1)
 class Learner:
     def __init__(self, config: RunConfig) -> None:
         from fieldkit.training.trainer import LoraPolicyTrainer
 
         self._trainer = LoraPolicyTrainer(config)  # starts from model.init_adapter when set
+        # A first start leaves resuming to the driver, which picks a checkpoint it can read; a restart returns to
+        # the one the driver last marked as latest (before its first checkpoint: the start, as on a first start).
+        found = (
+            RunDir(config.run_dir).latest_checkpoint()
+            if ray.get_runtime_context().was_current_actor_reconstructed
+            else None
+        )
+        if found is not None:
+            self._trainer.load_state(found[1] / "learner")
 
     def step(self, batch: TrainBatch) -> dict[str, float]:
         """One RL step; metrics: loss, policy_loss, kl, entropy, grad_norm, clip_fraction, weight_delta_l2/max,

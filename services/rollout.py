@@ -4,8 +4,11 @@ One episode: lease a sandbox seeded with the task's workspace, then turn by turn
 exec -> format the observation, appending token ids (earlier turns are never re-tokenised), until the agent says it
 is done, the turn limit, three parse errors in a row, or a full context; snapshot the workspace, release the
 sandbox, and have the grader grade it. With T2PO's turn-level dynamical sampling a turn whose entropy barely moved
-is regenerated; with A2TGPO each turn that the episode goes on after gets its raw information gain. An engine or
-sandbox fault ends only that episode: it comes back with stop_reason "failed" and the reason.
+is regenerated; with A2TGPO each turn that the episode goes on after gets its raw information gain. A sandbox that
+dies under the episode (killed from outside, its daemon gone) costs a fresh start of the episode in a new sandbox,
+with the same seed; a fault that persists, or one of the engine, ends only that episode: it comes back with
+stop_reason "failed" and the reason. A worker that dies is restarted by Ray, gives back the sandboxes it held and
+reruns the episodes it was given.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from fieldkit.rl.a2tgpo import information_gain
 from fieldkit.rl.tds import should_regenerate, turn_entropy
 
 MAX_CONSECUTIVE_PARSE_ERRORS = 3  # a policy that misses the protocol three times running will not recover
+SANDBOX_ATTEMPTS = 2  # a sandbox dying under an episode is an accident; twice in a row is a fault to report
 
 
 @dataclass(frozen=True)
@@ -223,6 +227,10 @@ class RolloutWorker:
         self.policy = policy
         self.pool = pool_on_this_node()  # sandboxes live on the node whose worker drives them
         self.grader = grader
+        context = ray.get_runtime_context()
+        self.owner = context.get_actor_id()  # the same across restarts of this worker
+        if context.was_current_actor_reconstructed:  # the sandboxes the dead process held are nobody's now
+            ray.get(self.pool.release_owner.remote(self.owner))
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.runner = EpisodeRunner(cfg, tokenizer, self._generate, self._score, self._progress)
 
@@ -240,17 +248,24 @@ class RolloutWorker:
 
     async def run_one(self, spec: EpisodeSpec) -> Episode:
         started = time.perf_counter()
-        try:
-            lease = await self.pool.lease.remote(spec.task.workspace_seed)
-        except Exception as exc:  # the pool could not give a sandbox: this episode fails, the step goes on
-            return failed_episode(spec, f"sandbox lease failed: {exc}", time.perf_counter() - started)
-        try:
-            episode, snapshot = await self.runner.run(spec, PoolSession(self.pool, lease))
-        except Exception as exc:  # engine or sandbox fault in this episode only
-            return failed_episode(spec, f"{type(exc).__name__}: {exc}", time.perf_counter() - started)
-        finally:
-            await self.pool.release.remote(lease)
-        return await self.grader.finish.remote(episode, spec.task, snapshot)
+        fault: SandboxFault | None = None
+        for _ in range(SANDBOX_ATTEMPTS):
+            try:
+                lease = await self.pool.lease.remote(spec.task.workspace_seed, owner=self.owner)
+            except Exception as exc:  # the pool could not give a sandbox: this episode fails, the step goes on
+                return failed_episode(spec, f"sandbox lease failed: {exc}", time.perf_counter() - started)
+            try:
+                episode, snapshot = await self.runner.run(spec, PoolSession(self.pool, lease))
+            except SandboxFault as exc:  # the pool replaces that sandbox; the episode starts over, same seed
+                fault = exc
+                continue
+            except Exception as exc:  # engine or sandbox fault in this episode only
+                return failed_episode(spec, f"{type(exc).__name__}: {exc}", time.perf_counter() - started)
+            finally:
+                await self.pool.release.remote(lease)
+            return await self.grader.finish.remote(episode, spec.task, snapshot)
+        reason = f"SandboxFault in {SANDBOX_ATTEMPTS} sandboxes in a row, the last: {fault}"
+        return failed_episode(spec, reason, time.perf_counter() - started)
 
     def mismatch_counts(self) -> dict[str, int]:
         """Chat-template re-render mismatches seen so far (reported in step metrics; never patched)."""

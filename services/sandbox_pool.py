@@ -48,6 +48,7 @@ class PoolStats(BaseModel):
 @dataclass
 class Lease:
     sandbox: Sandbox
+    owner: str | None = None  # the actor holding it, so a restarted one can give back what it held before dying
     faulted: bool = False  # an exec reported a sandbox fault: replace instead of recycling
 
 
@@ -78,7 +79,7 @@ class SandboxPool:
         self._start_health_checks()
         return self.stats()
 
-    async def lease(self, seed: WorkspaceSeed, wait_s: float | None = None) -> str:
+    async def lease(self, seed: WorkspaceSeed, wait_s: float | None = None, owner: str | None = None) -> str:
         """A sandbox reset to `seed`; waits for one to come free (at most `wait_s`, else TimeoutError)."""
         deadline = None if wait_s is None else time.monotonic() + wait_s
         self._start_health_checks()  # a pool used without ready() fills lazily, and is checked all the same
@@ -94,7 +95,7 @@ class SandboxPool:
                 self._replace_in_background(sandbox)
                 continue
             lease_id = f"{self.node_id[:8]}-{next(self.lease_ids)}"
-            self.leases[lease_id] = Lease(sandbox)
+            self.leases[lease_id] = Lease(sandbox, owner)
             self._publish()
             return lease_id
 
@@ -122,6 +123,13 @@ class SandboxPool:
         self._publish()
         self.pending += 1
         asyncio.get_running_loop().create_task(self._recycle(lease))
+
+    async def release_owner(self, owner: str) -> int:
+        """Give back every lease `owner` holds: what a rollout worker that died mid-episode left. Returns how many."""
+        held = [lease_id for lease_id, lease in self.leases.items() if lease.owner == owner]
+        for lease_id in held:
+            await self.release(lease_id)
+        return len(held)
 
     async def check_health(self) -> int:
         """Probe the idle sandboxes and replace the dead ones (runs every HEALTH_INTERVAL_S). Returns how many."""

@@ -67,24 +67,34 @@ class TrainingRun:
     # ---- start / resume -------------------------------------------------------------------------------------
     def start(self, resume: bool) -> int:
         """Load the adapter to serve and return the first step to run."""
-        found = self.dir.latest_checkpoint() if resume else None
-        if found is None:
-            if self.dir.latest.exists():
-                raise SystemExit(f"{self.dir.root} already holds a run: pass --resume, or choose another run_name")
-            atomic_write_bytes(self.dir.root / "config.yaml", yaml.safe_dump(self.cfg.model_dump(mode="json")).encode())
-            if self.cfg.sft.warm_start:
-                self._warm_start()
-            self._publish(0)
-            self._gate(0)
-            return 1
-        step, path = found
-        state = json.loads((path / "state.json").read_text())
-        ray.get(self.mesh.learner.load_state.remote(str(path / "learner")))
-        self._load(AdapterRef.model_validate(state["adapter"]))
-        self.best_metric = state["best_metric"]
-        self.zero_signal = state["zero_signal"]
-        console.print(f"resumed {self.cfg.run_name} after step {step}: serving adapter v{self.adapter.version}")
-        return step + 1
+        if resume and self.dir.checkpoints():
+            return self._resume() + 1
+        if self.dir.latest.exists():
+            raise SystemExit(f"{self.dir.root} already holds a run: pass --resume, or choose another run_name")
+        atomic_write_bytes(self.dir.root / "config.yaml", yaml.safe_dump(self.cfg.model_dump(mode="json")).encode())
+        if self.cfg.sft.warm_start:
+            self._warm_start()
+        self._publish(0)
+        self._gate(0)
+        self._checkpoint(0)  # the SFT adapter and v0: what a resume or a restarted learner returns to
+        return 1
+
+    def _resume(self) -> int:
+        """Continue from the newest checkpoint that loads; an unreadable one is reported and the one before used."""
+        for step, path in self.dir.checkpoints():
+            try:
+                state = json.loads((path / "state.json").read_text())
+                ray.get(self.mesh.learner.load_state.remote(str(path / "learner")))
+                self._load(AdapterRef.model_validate(state["adapter"]))
+            except Exception as exc:  # any fault of this checkpoint: its files, the learner's load, the probe
+                console.print(f"[red]checkpoint {path} is unusable, trying the one before[/red]: {exc}")
+                continue
+            self.best_metric = state["best_metric"]
+            self.zero_signal = state["zero_signal"]
+            self.dir.mark_latest(step)  # a learner restarted later returns here, not to the unusable one
+            console.print(f"resumed {self.cfg.run_name} after step {step}: serving adapter v{self.adapter.version}")
+            return step
+        raise SystemExit(f"{self.dir.root}: no checkpoint loads (each one's error is above); start a new run_name")
 
     # ---- the loop -------------------------------------------------------------------------------------------
     def run(self, first_step: int) -> str:

@@ -89,3 +89,66 @@ def submit_job(
         if "No available agent" not in done.stdout + done.stderr or time.monotonic() > deadline:
             return done
         time.sleep(3)
+
+
+def write_run_config(tmp: Path, run_name: str, max_steps: int, **sections: dict) -> Path:
+    """A small run on the tiny model (2 tasks x 2 rollouts a step) in `tmp`; `sections` override config sections."""
+    import yaml
+
+    from fieldkit.gym.corpus import write_corpus
+    from fieldkit.gym.generator import generate_tasks
+
+    corpus = tmp / "corpus"
+    if not (corpus / "tasks.jsonl").exists():
+        write_corpus(corpus, generate_tasks(per_persona=1, seed=0), n_train=4, seed=0)
+    config: dict = {
+        "run_name": run_name,
+        "max_steps": max_steps,
+        "model": {"max_model_len": 2048},
+        "lora": {"rank": 8, "alpha": 16, "max_lora_rank": 16},
+        "rollout": {"tasks_per_step": 2, "group_size": 2, "max_turns": 2, "max_tokens_per_turn": 16, "workers": 1},
+        "sandbox": {"pool_size": 2},
+        "eval": {"every_n_steps": 2, "heldout_limit": 2},
+        "paths": {
+            "runs_dir": str(tmp / "runs"),
+            "models_dir": str(REPO / "runs" / "models"),  # the tiny model cache shared with the other tests
+            "corpus_dir": str(corpus),
+            "lineage_db": str(tmp / "runs" / "lineage.db"),
+        },
+    }
+    for section, values in sections.items():
+        config[section] = {**config.get(section, {}), **values}
+    path = tmp / f"{run_name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def kill_sandbox_from_outside(where: dict) -> None:
+    """What an OOM killer or an operator does to a sandbox (`SandboxPool.describe_lease` says where it lives):
+    SIGKILL, without asking the pool. A Docker sandbox loses its container; a bwrap sandbox its running commands,
+    or, when none runs, its workspace (it has no process while idle)."""
+    import signal
+
+    if where["container_id"] is not None:
+        import docker
+
+        docker.from_env().containers.get(where["container_id"]).kill()
+        return
+    files = f"{where['workspace']}/files"
+    victims = [
+        int(proc.name)
+        for proc in Path("/proc").iterdir()
+        if proc.name.isdigit() and _cmdline(proc).startswith("bwrap") and files in _cmdline(proc)
+    ]
+    for pid in victims:
+        os.kill(pid, signal.SIGKILL)
+    if not victims:
+        subprocess.run(["umount", "-l", where["workspace"]], check=True)
+        subprocess.run(["rm", "-rf", where["workspace"]], check=True)
+
+
+def _cmdline(proc: Path) -> str:
+    try:
+        return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""

@@ -3,8 +3,6 @@ health checks, and recovery from a sandbox killed from outside in the middle of 
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +10,7 @@ from typing import Any
 
 import pytest
 import ray
-from conftest import require_sandbox_backend
+from conftest import kill_sandbox_from_outside, require_sandbox_backend
 
 from fieldkit.config import SandboxConfig
 from fieldkit.gym.records import WorkspaceFile, WorkspaceSeed
@@ -49,31 +47,6 @@ def wait_for(predicate: Any, what: str, timeout: float = 60.0) -> None:
     while not predicate():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.1)
-
-
-def kill_from_outside(where: dict[str, Any]) -> None:
-    """What an OOM killer or an operator does to a sandbox: SIGKILL, without asking the pool."""
-    if where["container_id"] is not None:
-        import docker
-
-        docker.from_env().containers.get(where["container_id"]).kill()
-        return
-    files = f"{where['workspace']}/files"
-    victims = [
-        int(proc.name)
-        for proc in Path("/proc").iterdir()
-        if proc.name.isdigit() and _cmdline(proc).startswith("bwrap") and files in _cmdline(proc)
-    ]
-    assert victims, "the command's bwrap process was not found"
-    for pid in victims:
-        os.kill(pid, signal.SIGKILL)
-
-
-def _cmdline(proc: Path) -> str:
-    try:
-        return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
 
 
 def test_lease_exec_snapshot_release(pool: Any) -> None:
@@ -126,7 +99,7 @@ def test_sandbox_killed_mid_command_is_reported_and_replaced(pool: Any) -> None:
     where = ray.get(pool.describe_lease.remote(lease))
     running = pool.exec.remote(lease, "echo started > started; sleep 30", 60.0)
     wait_for(lambda: (Path(where["workspace"]) / "files" / "started").exists(), "the command to start")
-    kill_from_outside(where)
+    kill_sandbox_from_outside(where)
     result = ray.get(running, timeout=30)
     assert result.error is not None and result.exit_code == -1 and not result.timed_out, result
     ray.get(pool.release.remote(lease))
@@ -144,13 +117,7 @@ def test_health_check_replaces_a_dead_idle_sandbox(pool: Any) -> None:
     ray.get(pool.release.remote(lease))
     wait_for(lambda: ray.get(pool.stats.remote()).idle == 2, "the release")
     replaced = ray.get(pool.stats.remote()).replaced
-    if where["container_id"] is not None:
-        kill_from_outside(where)
-    else:  # a bwrap sandbox has no process while idle: losing its workspace is what kills it
-        import subprocess
-
-        subprocess.run(["umount", "-l", where["workspace"]], check=True)
-        subprocess.run(["rm", "-rf", where["workspace"]], check=True)
+    kill_sandbox_from_outside(where)  # idle: a container killed, or a bwrap workspace lost
     assert ray.get(pool.check_health.remote()) == 1
     wait_for(lambda: ray.get(pool.stats.remote()).idle == 2, "the replacement sandbox")
     assert ray.get(pool.stats.remote()).replaced == replaced + 1

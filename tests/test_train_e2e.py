@@ -16,11 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
-from conftest import submit_job
+from conftest import submit_job, write_run_config
 
-from fieldkit.gym.corpus import write_corpus
-from fieldkit.gym.generator import generate_tasks
 from fieldkit.lineage import LineageStore
 from fieldkit.runs import RunDir, read_episodes
 from services.cluster import client_env
@@ -28,30 +25,6 @@ from services.cluster import client_env
 pytestmark = [pytest.mark.engine, pytest.mark.ray, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def write_config(tmp: Path, run_name: str, max_steps: int) -> Path:
-    corpus = tmp / "corpus"
-    if not (corpus / "tasks.jsonl").exists():
-        write_corpus(corpus, generate_tasks(per_persona=1, seed=0), n_train=4, seed=0)
-    config = {
-        "run_name": run_name,
-        "max_steps": max_steps,
-        "model": {"max_model_len": 2048},
-        "lora": {"rank": 8, "alpha": 16, "max_lora_rank": 16},
-        "rollout": {"tasks_per_step": 2, "group_size": 2, "max_turns": 2, "max_tokens_per_turn": 16, "workers": 1},
-        "sandbox": {"pool_size": 2},
-        "eval": {"every_n_steps": 2, "heldout_limit": 2},
-        "paths": {
-            "runs_dir": str(tmp / "runs"),
-            "models_dir": str(REPO / "runs" / "models"),  # the tiny model cache shared with the other tests
-            "corpus_dir": str(corpus),
-            "lineage_db": str(tmp / "runs" / "lineage.db"),
-        },
-    }
-    path = tmp / f"{run_name}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 def driver(config: Path, log: Path, *extra: str) -> subprocess.Popen[bytes]:
@@ -63,7 +36,7 @@ def driver(config: Path, log: Path, *extra: str) -> subprocess.Popen[bytes]:
 
 
 def test_driver_killed_after_step_one_resumes_and_finishes_each_step_once(tiny_model_dir, tmp_path: Path) -> None:
-    config = write_config(tmp_path, "resume", max_steps=2)
+    config = write_run_config(tmp_path, "resume", max_steps=2)
     run = RunDir(tmp_path / "runs" / "resume")
     first = driver(config, tmp_path / "first.log")
     deadline = time.monotonic() + 900
@@ -96,7 +69,7 @@ def test_driver_killed_after_step_one_resumes_and_finishes_each_step_once(tiny_m
 
 
 def test_ray_job_submit_runs_the_driver(tiny_model_dir, tmp_path: Path, head_cluster: str) -> None:
-    config = write_config(tmp_path, "job", max_steps=1)
+    config = write_run_config(tmp_path, "job", max_steps=1)
     ray_cli = str(Path(sys.executable).parent / "ray")
     env = client_env()
     address = ["--address", head_cluster]

