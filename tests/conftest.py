@@ -91,8 +91,9 @@ def submit_job(
         time.sleep(3)
 
 
-def write_run_config(tmp: Path, run_name: str, max_steps: int, **sections: dict) -> Path:
-    """A small run on the tiny model (2 tasks x 2 rollouts a step) in `tmp`; `sections` override config sections."""
+def write_run_config(tmp: Path, run_name: str, max_steps: int, n_train: int = 4, **sections: dict) -> Path:
+    """A small run on the tiny model (2 tasks x 2 rollouts a step) in `tmp`, its corpus 2 tasks per persona (16)
+    with `n_train` of them for training; `sections` override config sections."""
     import yaml
 
     from fieldkit.gym.corpus import write_corpus
@@ -100,7 +101,7 @@ def write_run_config(tmp: Path, run_name: str, max_steps: int, **sections: dict)
 
     corpus = tmp / "corpus"
     if not (corpus / "tasks.jsonl").exists():
-        write_corpus(corpus, generate_tasks(per_persona=1, seed=0), n_train=4, seed=0)
+        write_corpus(corpus, generate_tasks(per_persona=2, seed=0), n_train=n_train, seed=0)
     config: dict = {
         "run_name": run_name,
         "max_steps": max_steps,

