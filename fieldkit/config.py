@@ -187,7 +187,7 @@ class RolloutConfig(Section):
     command_timeout_s: float = Field(10.0, gt=0, description="per-command timeout (exit 124), as in the reference")
     workers: int = Field(2, ge=1, description="RolloutWorker actors")
     max_staleness: int = Field(
-        0, ge=0, le=0, description="0 = synchronous; pipelining (1: rollouts of n+1 while n trains) is not built yet"
+        0, ge=0, le=1, description="0 = synchronous; 1 = pipelined: step n+1's rollouts run while step n trains"
     )
 
 
