@@ -41,7 +41,8 @@ REPO = BENCH_DIR.parent
 NOT_BENCHMARKS = {"run", "gpu_check"}  # this runner, and the GPU machine's check (bench/gpu_check.sh)
 BUDGET_S = 840.0  # the whole run: 14 minutes, under the issue's 15
 DEFAULT_LIMIT_S = 240.0  # one benchmark, unless LIMITS_S says otherwise
-LIMITS_S = {"adapter_hotload": 360.0, "planner_memory": 300.0}  # two vLLM engine starts; five training processes
+# two vLLM engine starts each (adapter_hotload, pipeline_step); five training processes (planner_memory)
+LIMITS_S = {"adapter_hotload": 360.0, "planner_memory": 300.0, "pipeline_step": 360.0}
 # The order: cheap ones first, so a slow machine loses the expensive ones to the budget, not the other way round.
 ORDER = ["lineage_store", "eval_compare", "gym_corpus", "sandbox_overhead", "learner", "planner_memory"]
 OUTPUT_TAIL_LINES = 30  # of a failed benchmark's output, kept in the JSON
@@ -49,6 +50,8 @@ OUTPUT_TAIL_LINES = 30  # of a failed benchmark's output, kept in the JSON
 # Quick parameters, by benchmark: called with the imported module, returning main()'s keyword arguments.
 QUICK_KWARGS: dict[str, Callable[[ModuleType], dict[str, Any]]] = {
     "sandbox_overhead": lambda module: {"n": 30},
+    "mesh_throughput": lambda module: {"episodes": 16},
+    "pipeline_step": lambda module: {"steps": 4},
     # The tiny model's cases plus the medium LoRA one (the memory model at a size where weights dominate); the
     # medium full-fine-tuning and checkpointing cases add minutes and are in `--full`.
     "planner_memory": lambda module: {

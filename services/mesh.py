@@ -1,7 +1,8 @@
 """The mesh of one run: policy server, sandbox pool, grader, rollout workers and learner, started together.
 
-`run_episodes` spreads episode specs over the rollout workers and shows progress; the driver, the held-out gate
-and the demo all go through it, so every episode anywhere is produced the same way.
+`run_episodes` spreads episode specs over the rollout workers and shows progress (`submit_episodes` and
+`collect_episodes` are its two halves, for the pipelined driver); the driver, the held-out gate and the demo all go
+through it, so every episode anywhere is produced the same way.
 """
 
 from __future__ import annotations
@@ -74,17 +75,27 @@ def episode_specs(
     ]
 
 
-def run_episodes(mesh: Mesh, specs: Sequence[EpisodeSpec], label: str) -> list[Episode]:
-    """Run every spec on the workers (round-robin, one call per spec so progress is live); spec order is kept."""
+def submit_episodes(mesh: Mesh, specs: Sequence[EpisodeSpec]) -> list[Any]:
+    """Start every spec on the workers (round-robin, one call per spec); returns their refs, in spec order."""
     workers = itertools.cycle(mesh.workers)
-    pending = {next(workers).run_one.remote(spec): i for i, spec in enumerate(specs)}
-    results: list[Episode | None] = [None] * len(specs)
+    return [next(workers).run_one.remote(spec) for spec in specs]
+
+
+def collect_episodes(refs: Sequence[Any], label: str) -> list[Episode]:
+    """Wait for submitted episodes with a live progress bar; spec order is kept."""
+    pending = {ref: i for i, ref in enumerate(refs)}
+    results: list[Episode | None] = [None] * len(refs)
     columns = [TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     with Progress(*columns, transient=True) as progress:
-        bar = progress.add_task(label, total=len(specs))
+        bar = progress.add_task(label, total=len(refs))
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
                 results[pending.pop(ref)] = ray.get(ref)
                 progress.advance(bar)
     return [e for e in results if e is not None]
+
+
+def run_episodes(mesh: Mesh, specs: Sequence[EpisodeSpec], label: str) -> list[Episode]:
+    """Run every spec on the workers and wait for all of them."""
+    return collect_episodes(submit_episodes(mesh, specs), label)

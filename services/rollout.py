@@ -103,6 +103,7 @@ class EpisodeRunner:
                 action=action,
                 entropy=entropy,
                 regenerations=regenerations,
+                policy_version=result.adapter_version,
             )
             turns.append(turn)
             context = [*context, *result.token_ids]

@@ -11,6 +11,10 @@ is chosen on held-out score only. The run stops at max_steps, or when the last g
 pool had identical rewards (the pool is saturated and must grow). `--resume` continues after the last checkpoint;
 a step whose episodes were written before a crash reuses them, so no episode is lost or run twice. SIGTERM
 finishes the current step's checkpoint and exits.
+
+Pipelined (`rollout.max_staleness: 1`): step n+1's rollouts are started as soon as step n's are collected, so they
+run while the learner trains on step n; they begin on adapter n-1 and pick up n when it is published, a version
+stale at most, and the loss's importance ratios use the log-probs the engine sampled them with (clipped).
 """
 
 from __future__ import annotations
@@ -40,7 +44,8 @@ from fieldkit.rl.batch import build_train_batch
 from fieldkit.runs import RunDir, atomic_write_bytes, atomic_write_json, atomic_write_jsonl, read_episodes, sample_tasks
 from fieldkit.training.records import AdapterRef
 from services.cluster import connect
-from services.mesh import Mesh, episode_specs, run_episodes, start_mesh
+from services.mesh import Mesh, collect_episodes, episode_specs, run_episodes, start_mesh, submit_episodes
+from services.rollout import EpisodeSpec
 from services.serve.adapters import REF_FILE
 
 console = Console()
@@ -63,6 +68,7 @@ class TrainingRun:
         self.best_metric: float | None = None
         self.zero_signal: dict[str, bool] = {}  # task id -> its latest group had identical rewards
         self.stop_requested = False
+        self.launched: dict[int, list[Any]] = {}  # pipelined: step -> its episodes, started while a step trains
 
     # ---- start / resume -------------------------------------------------------------------------------------
     def start(self, resume: bool) -> int:
@@ -98,22 +104,29 @@ class TrainingRun:
 
     # ---- the loop -------------------------------------------------------------------------------------------
     def run(self, first_step: int) -> str:
-        for step in range(first_step, self.cfg.max_steps + 1):
-            if self.stop_requested:
-                return "stopped by SIGTERM after a complete checkpoint"
-            saturated = self.step(step)
-            if step % self.cfg.eval.every_n_steps == 0 or step == self.cfg.max_steps or saturated:
-                self._gate(step)
-            self._checkpoint(step)
-            if saturated:
-                return f"saturated at step {step}: every training task's group had identical rewards; grow the pool"
-        return f"finished {self.cfg.max_steps} steps"
+        try:
+            for step in range(first_step, self.cfg.max_steps + 1):
+                if self.stop_requested:
+                    return "stopped by SIGTERM after a complete checkpoint"
+                saturated = self.step(step)
+                if step % self.cfg.eval.every_n_steps == 0 or step == self.cfg.max_steps or saturated:
+                    self._gate(step)
+                self._checkpoint(step)
+                if saturated:
+                    return f"saturated at step {step}: every training task's group had identical rewards; grow the pool"
+            return f"finished {self.cfg.max_steps} steps"
+        finally:
+            for refs in self.launched.values():  # a step that will not run: its sandboxes go back now
+                for ref in refs:
+                    ray.cancel(ref)
 
     def step(self, step: int) -> bool:
         """One training step; returns True when the training pool is saturated."""
         walls: dict[str, float] = {}
         started = time.perf_counter()
         episodes = self._rollouts(step, walls)
+        if self.cfg.rollout.max_staleness and step < self.cfg.max_steps and not self.stop_requested:
+            self._launch(step + 1)
         groups: dict[str, list[Episode]] = defaultdict(list)
         for episode in episodes:
             if episode.stop_reason != "failed":  # a faulted episode has no trustworthy reward
@@ -132,6 +145,7 @@ class TrainingRun:
             **episode_metrics(episodes, "train"),
             "train.reward": _mean([e.reward for e in episodes if e.reward is not None]),
             "rollout.template_mismatches": float(self._template_mismatches()),
+            "rollout.stale_turn_share": stale_turn_share(episodes, step),
             "train.zero_signal_groups": float(batch.zero_signal_groups),
             "train.groups": float(batch.groups),
             **{f"learner.{k}": v for k, v in learner_metrics.items()},
@@ -156,8 +170,20 @@ class TrainingRun:
         if path.exists():  # written before a crash: reuse, never roll out twice
             return read_episodes(path)
         t0 = time.perf_counter()
+        refs = self.launched.pop(step, None) or submit_episodes(self.mesh, self._specs(step))
+        episodes = collect_episodes(refs, f"step {step} rollouts")
+        atomic_write_jsonl(path, episodes)
+        walls["rollout_s"] = time.perf_counter() - t0  # pipelined: only what was left to wait for
+        return episodes
+
+    def _launch(self, step: int) -> None:
+        """Pipelined: start `step`'s episodes now, on the adapter serving now (unless they are already on disk)."""
+        if not self.dir.step_episodes(step).exists():
+            self.launched[step] = submit_episodes(self.mesh, self._specs(step))
+
+    def _specs(self, step: int) -> list[EpisodeSpec]:
         ids = sample_tasks(self.train_ids, self.cfg.seed, step, self.cfg.rollout.tasks_per_step)
-        specs = episode_specs(
+        return episode_specs(
             [self.tasks[i] for i in ids],
             k=self.cfg.rollout.group_size,
             adapter=self.adapter.name if self.adapter else None,
@@ -165,10 +191,6 @@ class TrainingRun:
             seed=self.cfg.seed * 10_000 + step,
             prefix=f"s{step:04d}",
         )
-        episodes = run_episodes(self.mesh, specs, f"step {step} rollouts")
-        atomic_write_jsonl(path, episodes)
-        walls["rollout_s"] = time.perf_counter() - t0
-        return episodes
 
     def _warm_start(self) -> None:
         """LoRA SFT on oracle transcripts of the training split; the result is adapter v0 and the KL reference."""
@@ -305,6 +327,12 @@ def episode_metrics(episodes: list[Episode], prefix: str) -> dict[str, float | N
     graded = [e for e in episodes if e.grade is not None]
     measured = trial_metrics(graded, prefix=prefix) if graded else {}
     return {**measured, f"{prefix}.failed": float(len(episodes) - len(graded))}
+
+
+def stale_turn_share(episodes: list[Episode], step: int) -> float:
+    """The share of step `step`'s turns sampled by an adapter older than the previous step's (pipelining's lag)."""
+    versions = [turn.policy_version for episode in episodes for turn in episode.turns]
+    return sum(v < step - 1 for v in versions) / len(versions) if versions else 0.0
 
 
 def _mean(values: list[float]) -> float:

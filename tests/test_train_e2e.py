@@ -82,3 +82,28 @@ def test_ray_job_submit_runs_the_driver(tiny_model_dir, tmp_path: Path, head_clu
     logs = subprocess.run([ray_cli, "job", "logs", *address, job_id], env=env, capture_output=True, text=True)
     assert "job: finished 1 steps" in logs.stdout
     assert RunDir(tmp_path / "runs" / "job").step_episodes(1).exists()
+
+
+def test_pipelined_run_rolls_out_the_next_step_while_the_learner_trains(tiny_model_dir, tmp_path: Path) -> None:
+    config = write_run_config(
+        tmp_path, "pipelined", max_steps=3, rollout={"max_staleness": 1}, eval={"every_n_steps": 3}
+    )
+    done = driver(config, tmp_path / "driver.log")
+    done.wait(timeout=900)
+    output = (tmp_path / "driver.log").read_text()
+    assert done.returncode == 0 and "finished 3 steps" in output, output[-3000:]
+    run = RunDir(tmp_path / "runs" / "pipelined")
+    stale = []
+    for step in (1, 2, 3):
+        episodes = read_episodes(run.step_episodes(step))
+        assert sorted(e.episode_id for e in episodes) == [
+            f"s{step:04d}-t{t:03d}-k{k}" for t in range(2) for k in range(2)
+        ]
+        assert all(e.grade is not None for e in episodes if e.stop_reason != "failed")
+        versions = {turn.policy_version for e in episodes for turn in e.turns}
+        assert versions <= {step - 2, step - 1}, versions  # at most one version stale
+        metrics = json.loads(run.step_metrics(step).read_text())
+        assert metrics["policy.published_version"] == metrics["policy.served_version"] == step
+        stale.append(metrics["rollout.stale_turn_share"])
+    # step 1 was started after v0 was published; steps 2 and 3 began while the previous step trained
+    assert stale[0] == 0 and max(stale[1:]) > 0, stale

@@ -125,6 +125,7 @@ class Turn(Record):
     entropy: float | None = None  # mean per-token entropy from top-k log-probs (T2PO's TDS)
     regenerations: int = 0  # T2PO's turn-level dynamical sampling retries
     info_gain: float | None = None  # A2TGPO, raw (before turn-group normalisation)
+    policy_version: int = -1  # the adapter version that sampled this reply (pipelined runs mix two); -1 = base
 
     @model_validator(mode="after")
     def _one_logprob_per_token(self) -> Turn:
