@@ -91,9 +91,10 @@ def submit_job(
         time.sleep(3)
 
 
-def write_run_config(tmp: Path, run_name: str, max_steps: int, n_train: int = 4, **sections: dict) -> Path:
+def write_run_config(tmp: Path, run_name: str, max_steps: int, n_train: int = 12, **sections: dict) -> Path:
     """A small run on the tiny model (2 tasks x 2 rollouts a step) in `tmp`, its corpus 2 tasks per persona (16)
-    with `n_train` of them for training; `sections` override config sections."""
+    with `n_train` of them for training (12, 2 a step: the pool cannot saturate and stop a short run early);
+    `sections` override config sections."""
     import yaml
 
     from fieldkit.gym.corpus import write_corpus
