@@ -272,3 +272,30 @@ def test_fifty_concurrent_streams_complete_without_error(endpoint) -> None:
         f"\n50 concurrent streams: p50 {statistics.median(latencies):.2f} s, p99 {p99:.2f} s, "
         f"first token p50 {statistics.median(first_tokens):.2f} s"
     )
+
+
+def test_a_burst_of_500_short_requests_completes_without_error(endpoint) -> None:
+    async def one(aclient: openai.AsyncOpenAI, i: int) -> float:
+        started = time.perf_counter()
+        reply = await aclient.chat.completions.create(
+            model="agent" if i % 2 else "tiny",
+            messages=[{"role": "user", "content": f"Request {i}."}],
+            max_tokens=2,
+            seed=i,
+        )
+        assert reply.choices[0].finish_reason in ("stop", "length")
+        return time.perf_counter() - started
+
+    async def run_all() -> list[float | BaseException]:
+        aclient = openai.AsyncOpenAI(base_url=endpoint["info"].base_url, api_key=API_KEY, max_retries=0, timeout=600)
+        return await asyncio.gather(*(one(aclient, i) for i in range(500)), return_exceptions=True)
+
+    started = time.perf_counter()
+    results = asyncio.run(run_all())
+    wall = time.perf_counter() - started
+    errors = [r for r in results if isinstance(r, BaseException)]
+    assert errors == [], f"{len(errors)} of 500 failed, the first: {errors[:1]}"
+    latencies = sorted(r for r in results if isinstance(r, float))
+    p99 = latencies[min(len(latencies) - 1, round(0.99 * len(latencies)))]
+    rate = 500 / wall
+    print(f"\n500-request burst: p50 {statistics.median(latencies):.2f} s, p99 {p99:.2f} s, {rate:.0f} requests/s")
