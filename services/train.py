@@ -13,8 +13,8 @@ a step whose episodes were written before a crash reuses them, so no episode is 
 finishes the current step's checkpoint and exits.
 
 Pipelined (`rollout.max_staleness: 1`): step n+1's rollouts are started as soon as step n's are collected, so they
-run while the learner trains on step n; they begin on adapter n-1 and pick up n when it is published, a version
-stale at most, and the loss's importance ratios use the log-probs the engine sampled them with (clipped).
+run while the learner trains on step n, on adapter n-1 (each version is its own adapter name, so an episode never
+mixes two): one version stale, and the loss's importance ratios use the log-probs the engine sampled with (clipped).
 """
 
 from __future__ import annotations

@@ -96,14 +96,12 @@ def test_pipelined_run_rolls_out_the_next_step_while_the_learner_trains(tiny_mod
     stale = []
     for step in (1, 2, 3):
         episodes = read_episodes(run.step_episodes(step))
-        assert sorted(e.episode_id for e in episodes) == [
-            f"s{step:04d}-t{t:03d}-k{k}" for t in range(2) for k in range(2)
-        ]
+        expected = [f"s{step:04d}-t{t:03d}-k{k}" for t in range(2) for k in range(2)]
+        assert sorted(e.episode_id for e in episodes) == expected
         assert all(e.grade is not None for e in episodes if e.stop_reason != "failed")
-        versions = {turn.policy_version for e in episodes for turn in e.turns}
-        assert versions <= {step - 2, step - 1}, versions  # at most one version stale
         metrics = json.loads(run.step_metrics(step).read_text())
         assert metrics["policy.published_version"] == metrics["policy.served_version"] == step
         stale.append(metrics["rollout.stale_turn_share"])
-    # step 1 was started after v0 was published; steps 2 and 3 began while the previous step trained
-    assert stale[0] == 0 and max(stale[1:]) > 0, stale
+        # step 1 starts after v0 is published; steps 2 and 3 start while the step before trains, on its adapter
+        assert {turn.policy_version for e in episodes for turn in e.turns} == {max(step - 2, 0)}
+    assert stale == [0.0, 1.0, 1.0]

@@ -7,8 +7,9 @@ unloaded again and the previous version keeps serving. Bad input raises a Policy
 keeps serving. Load figures go to Ray gauges (the dashboard reads them) and to `health()`.
 
 A server whose process dies (OOM, kill -9) is restarted by Ray: the new process starts its engine at its first
-call, reloads the newest version of every adapter it served (from a record it rewrites after each load), and only
-then answers the calls Ray retries, so rollouts see the learner's latest adapter, never the base by mistake.
+call, reloads the adapters it loaded last (the newest version of each name, as many as `lora.max_loras`; from a
+record it rewrites after each load), and only then answers the calls Ray retries, so rollouts get the adapter
+they asked for, never the base by mistake.
 """
 
 from __future__ import annotations
@@ -142,9 +143,11 @@ class PolicyServer:
         """Hot-load `ref` as its name's newest version, after its probe proves the engine serves the right weights."""
         await self._ready()
         info = await self._load_verified(ref)
-        if self._record is not None:
+        if self._record is not None:  # the adapters loaded last, one per name, as many as the engine holds at once
             served = json.loads(self._record.read_text()) if self._record.exists() else {}
-            atomic_write_json(self._record, {**served, ref.name: ref.model_dump(mode="json")})
+            served.pop(ref.name, None)
+            served[ref.name] = ref.model_dump(mode="json")  # dicts keep insertion order: the newest load is last
+            atomic_write_json(self._record, dict(list(served.items())[-self._lora.max_loras :]))
         return info
 
     async def _load_verified(self, ref: AdapterRef) -> LoadedAdapter:
