@@ -15,6 +15,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import ray
 
@@ -42,16 +43,28 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> Clust
         if address:
             context = ray.init(address=address)
         else:
-            context = ray.init(
+            context = _start_local(num_cpus)
+            started_here = True
+        dashboard = context.dashboard_url or dashboard
+    return ClusterInfo(ray.get_runtime_context().gcs_address, f"http://{dashboard}", started_here)
+
+
+def _start_local(num_cpus: int | None, attempts: int = 3) -> Any:
+    """A new local cluster with its dashboard on 8265, or on a free port when that is taken. Two drivers started at
+    the same moment can both find a port free and race for it: the loser starts again on another port."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return ray.init(
                 address="local",  # a new cluster: never join whatever `ray start` left on this machine
                 num_cpus=num_cpus,
                 include_dashboard=True,
                 dashboard_host=DASHBOARD_HOST,
                 dashboard_port=dashboard_port(),
             )
-            started_here = True
-        dashboard = context.dashboard_url or dashboard
-    return ClusterInfo(ray.get_runtime_context().gcs_address, f"http://{dashboard}", started_here)
+        except Exception as exc:
+            if "port for dashboard" not in str(exc) or attempt == attempts:
+                raise
+            ray.shutdown()  # what the failed start left, before the next try
 
 
 def dashboard_port() -> int:
