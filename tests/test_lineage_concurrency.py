@@ -1,4 +1,5 @@
-"""Two real processes append to one lineage store at once; every row of both must be there, ids unique."""
+"""Two real processes create one lineage store and append to it at once; every row of both must be there, ids
+unique. (Creating it together once failed one of them with "database is locked" about one time in 25.)"""
 
 from __future__ import annotations
 
@@ -28,7 +29,10 @@ other = "beta" if name == "alpha" else "alpha"
 for i in range(n):
     store.record_trial(Trial(run_id="shared", kind="eval", status="keep", metric=float(i), labels={"writer": name}))
     store.record_trial(Trial(run_id=name, trial_id=f"{name}/{i:04d}", kind="eval", status="discard", metric=float(i)))
+    deadline = time.monotonic() + 60
     while i == 0 and not store.trials(other):  # a handshake, so the two writers surely overlap
+        if time.monotonic() > deadline:
+            sys.exit(f"{name}: {other} wrote nothing within 60 s")
         time.sleep(0.005)
 print("done", name)
 """
@@ -52,9 +56,9 @@ def test_two_processes_appending_at_once_lose_nothing(tmp_path: Path) -> None:
         assert time.monotonic() < deadline, "writers never got ready"
         time.sleep(0.01)
     go.touch()
-    for writer in writers:
-        out, err = writer.communicate(timeout=300)
-        assert writer.returncode == 0, err
+    outputs = [writer.communicate(timeout=300) for writer in writers]
+    for writer, (out, err) in zip(writers, outputs, strict=True):
+        assert writer.returncode == 0, [err for _, err in outputs]  # both, so a writer that died first is named
         assert out.startswith("done")
 
     store = LineageStore(db)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -77,6 +78,20 @@ def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def _enable_wal(conn: sqlite3.Connection) -> None:
+    """Switch a new store to WAL. SQLite answers "database is locked" at once, without its busy timeout, when
+    another process is creating the same store at that moment (two drivers starting together): wait and retry."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
 class LineageStore:
     def __init__(self, path: str | Path = DEFAULT_DB) -> None:
         self.path = Path(path)
@@ -105,12 +120,13 @@ class LineageStore:
         if version > SCHEMA_VERSION:
             raise LineageError(f"{self.path} has lineage schema {version}; this fieldkit reads up to {SCHEMA_VERSION}")
         if version < SCHEMA_VERSION:
-            conn.execute("PRAGMA journal_mode = WAL")
+            _enable_wal(conn)
             conn.execute("BEGIN IMMEDIATE")
             try:
-                for statement in filter(str.strip, SCHEMA.split(";")):
-                    conn.execute(statement)
-                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:  # not made meanwhile
+                    for statement in filter(str.strip, SCHEMA.split(";")):
+                        conn.execute(statement)
+                    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
