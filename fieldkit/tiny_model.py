@@ -14,6 +14,7 @@ import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 ENDOFTEXT = "<|endoftext|>"
 IM_START = "<|im_start|>"
@@ -148,12 +149,18 @@ def build_tiny_model(models_dir: str | Path = "runs/models", spec: TinyModelSpec
     model = Qwen2ForCausalLM(config).to(getattr(torch, spec.dtype))
     model.generation_config = GenerationConfig(eos_token_id=[im_end, endoftext], pad_token_id=endoftext)
 
-    # Write beside the target and rename, so a crash mid-build never leaves a half model that looks complete.
+    return save_model_dir(model, tokenizer, target, "fieldkit_spec.json", asdict(spec))
+
+
+def save_model_dir(model: Any, tokenizer: Any, target: Path, record_name: str, record: dict[str, Any]) -> Path:
+    """Save a model, its tokenizer and a JSON record of where it came from as `target`, marked `.complete`.
+
+    Written beside the target and renamed, so a crash mid-save never leaves a half model that looks complete."""
     staging = target.with_name(target.name + f".tmp{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(staging, safe_serialization=True)
     tokenizer.save_pretrained(staging)
-    (staging / "fieldkit_spec.json").write_text(json.dumps(asdict(spec), indent=2, sort_keys=True) + "\n")
+    (staging / record_name).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     (staging / ".complete").touch()
     try:
         staging.rename(target)
