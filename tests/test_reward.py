@@ -55,6 +55,17 @@ def test_shaped_reward_matches_the_reference_examples(n_passed, n_total, turns, 
     assert episode_reward(episode, "shaped", 12).value == pytest.approx(expected, abs=1e-6)
 
 
+@pytest.mark.parametrize("stop_reason", ["parse_error", "agent_error"])
+def test_only_the_agents_own_stop_saves_turns(stop_reason) -> None:
+    """Ending early on parse errors must not pay better than running on: that taught the tiny model to babble."""
+    aborted = episode_reward(episode_of(3, grade_of(1, 4), stop_reason), "shaped", 12)
+    stopped = episode_reward(episode_of(3, grade_of(1, 4), "task_complete"), "shaped", 12)
+    ran_out = episode_reward(episode_of(12, grade_of(1, 4), "max_turns"), "shaped", 12)
+    assert aborted.value == pytest.approx(ran_out.value) == pytest.approx(0.25 - 0.2)
+    assert stopped.value == pytest.approx(0.25 - 0.05)
+    assert aborted.n_turns == 12 and aborted.detail == "1/4 assertions in 12 turns"
+
+
 def test_binary_reward_and_status_labels() -> None:
     assert binary_reward(True) == 1.0 and binary_reward(False) == 0.0
     kept = reward_from_grade(grade_of(5, 5), 7, "binary", 12)
