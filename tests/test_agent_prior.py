@@ -41,10 +41,10 @@ def test_pretraining_learns_the_replies(tiny_model_dir: Path) -> None:
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    losses = pretrain_on_prior(model, tokenizer, steps=40, batch_size=4, learning_rate=3e-3, seed=0)
-    assert len(losses) == 40
+    losses = pretrain_on_prior(model, tokenizer, steps=100, batch_size=4, learning_rate=3e-3, seed=0)
+    assert len(losses) == 100
     assert losses[0] > 6.0  # a random model over a 2,048-token vocabulary
-    assert sum(losses[-5:]) / 5 < 0.5 * losses[0]
+    assert sum(losses[-10:]) / 10 < 0.4 * losses[0]
 
 
 def test_a_tiny_model_with_a_prior_is_built_cached_and_recorded(tmp_path: Path) -> None:
