@@ -171,7 +171,7 @@ def build_tiny_model(models_dir: str | Path = "runs/models", spec: TinyModelSpec
 
 
 def tiny_agent_spec(seed: int = 0) -> TinyModelSpec:
-    """`tiny-agent`: the tiny model after its protocol prior (~5 min on 2 cores, once; cached like the tiny one)."""
+    """`tiny-agent`: the tiny model after its protocol prior (~8 min on 2 cores, once; cached like the tiny one)."""
     return TinyModelSpec(seed=seed, prior_steps=300)
 
 
