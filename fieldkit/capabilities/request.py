@@ -77,7 +77,7 @@ class PlanRequest(BaseModel):
             "rank": cfg.lora.rank,
             "target_modules": cfg.lora.target_modules,
             "lora_dropout": cfg.lora.dropout,
-            "dtype": cfg.model.dtype,
+            "dtype": cfg.engine_dtype,
             "kernels": "eager",
             "rollout_batch": cfg.rollout.tasks_per_step * cfg.rollout.group_size,
             "rollout_ctx": cfg.model.max_model_len,

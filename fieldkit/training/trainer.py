@@ -52,7 +52,7 @@ class LoraPolicyTrainer:
         """model.learner_dtype; auto = the engine's dtype on GPU, float32 on CPU (bf16 is emulated there)."""
         if self.cfg.model.learner_dtype != "auto":
             return self.cfg.model.learner_dtype
-        return self.cfg.model.dtype if self.device != "cpu" else "float32"
+        return self.cfg.model.resolved_dtype(on_gpu=True) if self.device != "cpu" else "float32"
 
     @property
     def norm_length(self) -> int:

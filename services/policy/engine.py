@@ -30,6 +30,7 @@ class Engine(ABC):
         self.model = model
         self.lora = lora
         self.gpu_fraction = gpu_fraction
+        self.dtype = model.resolved_dtype(on_gpu=gpu_fraction > 0)
 
     @abstractmethod
     async def start(self) -> None:

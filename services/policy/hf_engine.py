@@ -32,7 +32,7 @@ class HfEngine(Engine):
         self._tokenizer: Any = AutoTokenizer.from_pretrained(self.model_dir)
         # A GPU share means a GPU; on a CPU-only machine (the fallback's home) everything stays on the CPU.
         self._device = "cuda" if self.gpu_fraction > 0 and torch.cuda.is_available() else "cpu"
-        model: Any = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=getattr(torch, self.model.dtype))
+        model: Any = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=getattr(torch, self.dtype))
         self._model = model.to(self._device).eval()
         configured = self._model.generation_config.eos_token_id
         eos = configured if isinstance(configured, list) else [configured]

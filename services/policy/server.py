@@ -217,7 +217,7 @@ class PolicyServer:
             ok=error is None,
             engine=self._model.engine,
             model=self._engine.model_dir,
-            dtype=self._model.dtype,
+            dtype=self._engine.dtype,
             max_model_len=self._model.max_model_len,
             requests_in_flight=self._stats.in_flight,
             tokens_per_s=self._stats.tokens_per_s(),

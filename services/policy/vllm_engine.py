@@ -31,7 +31,7 @@ class VllmEngine(Engine):
             extra["max_num_batched_tokens"] = max(self.model.max_model_len, 2048)
         args = AsyncEngineArgs(
             model=self.model_dir,
-            dtype=self.model.dtype,
+            dtype=self.dtype,
             max_model_len=self.model.max_model_len,
             seed=0,
             enable_lora=True,
