@@ -57,7 +57,6 @@ class ModelConfig(Section):
         None, description="LoRA adapter the run starts from (an SFT warm start); None=fresh"
     )
 
-
     def resolved_dtype(self, on_gpu: bool) -> Literal["bfloat16", "float16", "float32"]:
         """The engine's dtype: `dtype` when set explicitly, else bfloat16 on a GPU and float32 on CPU.
 
