@@ -19,6 +19,7 @@ import json
 import os
 import random
 import shutil
+import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,8 @@ def ensure_free_space(path: Path, needed_bytes: int = 0, minimum: int = MIN_FREE
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     ensure_free_space(path.parent, len(data))
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    # unique per writer: two threads of one process (a Ray actor, a pytest run) may write the same file at once
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
         with open(tmp, "wb") as handle:
             handle.write(data)

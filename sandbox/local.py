@@ -12,6 +12,7 @@ import logging
 import os
 
 from fieldkit.gym.records import ExecResult, WorkspaceSeed
+from fieldkit.runs import atomic_write_bytes
 from sandbox.base import WorkspaceSandbox, refuse_unrunnable
 from sandbox.image import cache_dir
 from sandbox.limits import RLIMITS_SCRIPT, SandboxLimits, rlimit_env
@@ -60,8 +61,5 @@ def host_rlimits_script() -> str:
     """RLIMITS_SCRIPT as a host file (the isolating backends have it in their image), written once."""
     path = cache_dir() / "rlimits.sh"
     if not path.exists() or path.read_text() != RLIMITS_SCRIPT:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        staging = path.with_suffix(f".{os.getpid()}")
-        staging.write_text(RLIMITS_SCRIPT)
-        staging.replace(path)
+        atomic_write_bytes(path, RLIMITS_SCRIPT.encode())  # a staging name of its own: two writers may race here
     return str(path)
