@@ -48,7 +48,7 @@ def main(episodes: int = 24, model: str = "tiny") -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory() as tmp:
         corpus = Path(tmp) / "corpus"
-        write_corpus(corpus, generate_tasks(per_persona=2, seed=0), n_train=16, seed=0)
+        write_corpus(corpus, generate_tasks(per_persona=2, seed=0), n_train=16, n_validation=0, seed=0)
         tasks, _ = load_corpus(corpus)
         cfg = RunConfig.model_validate(
             {

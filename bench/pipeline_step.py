@@ -33,7 +33,7 @@ def train(tmp: Path, staleness: int, steps: int) -> dict[str, float]:
 
     corpus = tmp / "corpus"
     if not (corpus / "tasks.jsonl").exists():
-        write_corpus(corpus, generate_tasks(per_persona=2, seed=0), n_train=16, seed=0)
+        write_corpus(corpus, generate_tasks(per_persona=2, seed=0), n_train=16, n_validation=0, seed=0)
     cfg = RunConfig.model_validate(
         {
             "run_name": f"staleness-{staleness}",
@@ -48,7 +48,7 @@ def train(tmp: Path, staleness: int, steps: int) -> dict[str, float]:
                 "max_staleness": staleness,
             },
             "sandbox": {"pool_size": 4},
-            "eval": {"every_n_steps": steps + 1, "heldout_limit": 4},  # a gate at step 0 and the last step only
+            "eval": {"every_n_steps": steps + 1, "validation_limit": 4},  # a gate at step 0 and the last step only
             "paths": {"runs_dir": str(tmp / "runs"), "corpus_dir": str(corpus), "lineage_db": str(tmp / "lineage.db")},
         }
     )
@@ -57,7 +57,7 @@ def train(tmp: Path, staleness: int, steps: int) -> dict[str, float]:
         mesh = start_mesh(cfg)
         try:
             tasks, split = load_corpus(corpus)
-            run = TrainingRun(cfg, mesh, {t.task_id: t for t in tasks}, split.train, split.heldout)
+            run = TrainingRun(cfg, mesh, {t.task_id: t for t in tasks}, split.train, split.validation)
             run.run(run.start(resume=False))
         finally:
             mesh.shutdown()

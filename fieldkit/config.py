@@ -225,9 +225,14 @@ class SandboxConfig(Section):
 
 
 class EvalConfig(Section):
-    every_n_steps: int = Field(10, ge=1, description="held-out gate cadence (the reference learned: <= 10)")
+    every_n_steps: int = Field(10, ge=1, description="validation gate cadence (the reference learned: <= 10)")
     temperature: float = Field(0.2, ge=0, description="evaluation temperature of the reference table")
-    heldout_limit: int | None = Field(None, ge=1, description="evaluate only the first N held-out tasks (None=all)")
+    validation_limit: int | None = Field(
+        None, ge=1, description="gates score a fixed persona-stratified subset of N validation tasks (None=all)"
+    )
+    test_limit: int | None = Field(
+        None, ge=1, description="the final table scores a fixed persona-stratified subset of N test tasks (None=all)"
+    )
 
 
 class ResourcesConfig(Section):

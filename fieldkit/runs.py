@@ -4,10 +4,12 @@ Layout under runs/<run_name>/:
     config.yaml                    the RunConfig the run started with
     steps/<step>/episodes.jsonl    the step's graded episodes, written before advantages are computed
     steps/<step>/metrics.json      the step's metrics, written after the learner step
-    gates/<step>/episodes.jsonl    held-out gate episodes
+    gates/<step>/episodes.jsonl    validation gate episodes
     checkpoints/<step>/            adapter + learner state; `state.json` inside is written last
     latest.json                    the newest complete checkpoint (written after it is complete)
-    best/                          the adapter chosen on held-out score only
+    best/                          the adapter chosen on validation score only
+    test/<policy>/episodes.jsonl   the demo's test-split episodes of base, SFT and the chosen RL adapter
+    report/                        the test-split report (`fieldkit eval`), and the demo's summary.json
 
 Every file is written to a temporary name, flushed and renamed, so a reader never sees half a file; a disk that is
 nearly full stops the run with a clear message before anything is half-written.
@@ -88,6 +90,9 @@ class RunDir:
 
     def gate_episodes(self, step: int) -> Path:
         return self.root / "gates" / step_name(step) / "episodes.jsonl"
+
+    def test_episodes(self, policy: str) -> Path:
+        return self.root / "test" / policy / "episodes.jsonl"
 
     def checkpoint(self, step: int) -> Path:
         return self.root / "checkpoints" / step_name(step)

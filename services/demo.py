@@ -1,28 +1,38 @@
 """The demo: one command that trains an agent through the real mesh and shows whether it learned.
 
-On embedded defaults (local Ray, the vLLM CPU engine, the strongest sandbox, SQLite): evaluate the base model on
-held-out tasks, warm-start LoRA with SFT on oracle transcripts that never stop (as the reference's SFT corpus),
-run GRPO with the turn-penalised shaped reward, and compare base / SFT / RL on the same held-out tasks. The SFT
-column is the run's step-0 held-out gate, the RL column its best later gate (checkpoints are chosen on held-out
-score only). Prints the matched table and the lineage card, and writes a report under runs/<run>/report/.
+On embedded defaults (local Ray, the vLLM CPU engine, the strongest sandbox, SQLite): warm-start LoRA with SFT on
+oracle transcripts that never stop (as the reference's SFT corpus), run GRPO with the turn-penalised shaped reward,
+gates on the validation split choosing the checkpoint, and evaluate base, SFT (adapter v0) and RL (the adapter the
+run chose: its best validation gate, runs/<run>/best) on the same test tasks, a fixed persona-stratified subset of
+the test split (`eval.test_limit`; all of it with `full_test`). Base and SFT are scored on test right after the SFT
+warm start, while v0 is certainly on disk (retention may delete it later); the run itself never reads a test
+episode, so nothing chosen on validation is reported on it. When no RL gate beat the SFT gate on validation, the run
+chose v0 and the RL column is the SFT adapter's episodes. Writes the report and summary.json under
+runs/<run>/report/ and returns the matched table, the lineage card and the summary.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import ray
 from rich.console import Console
 
 from fieldkit.config import RunConfig
-from fieldkit.eval import Comparison, compare, write_report
-from fieldkit.gym.corpus import load_corpus
+from fieldkit.eval import Comparison, compare, task_floors, write_report
+from fieldkit.eval.summary import SUMMARY_FILE, demo_summary
+from fieldkit.gym.corpus import load_corpus, stratified_subset
 from fieldkit.gym.records import Episode
-from fieldkit.runs import atomic_write_jsonl, read_episodes
+from fieldkit.runs import atomic_write_json, atomic_write_jsonl
+from fieldkit.training.records import AdapterRef
 from services.cluster import connect
-from services.mesh import episode_specs, run_episodes, start_mesh
-from services.train import GATE_METRIC, TrainingRun
+from services.mesh import Mesh, episode_specs, run_episodes, start_mesh
+from services.serve.adapters import REF_FILE
+from services.train import TrainingRun
 
 console = Console()
 
@@ -34,54 +44,104 @@ class DemoResult:
     report_dir: Path
     dashboard_url: str
     wall_s: float
+    summary: dict[str, Any]
 
 
-def run_demo(cfg: RunConfig) -> DemoResult:
+def run_demo(cfg: RunConfig, *, full_test: bool = False) -> DemoResult:
     started = time.perf_counter()
     # every demo is a new run (a second `make demo` must not trip over the first one's checkpoints)
-    cfg = cfg.model_copy(update={"run_name": f"{cfg.run_name}-{time.strftime('%Y%m%d-%H%M%S')}"})
+    cfg = cfg.model_copy(update={"run_name": f"{cfg.run_name}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"})
     cluster = connect(cfg.resources.ray_address)
     tasks, split = load_corpus(cfg.paths.corpus_dir)
     by_id = {t.task_id: t for t in tasks}
+    roles = {t.task_id: t.persona.role for t in tasks}
+    test_ids = stratified_subset(split.test, roles, None if full_test else cfg.eval.test_limit, "test")
     mesh = start_mesh(cfg)
-    run = TrainingRun(cfg, mesh, by_id, split.train, split.heldout)
-    base = _base_episodes(run)
-    outcome = run.run(run.start(resume=False))
+    run = TrainingRun(cfg, mesh, by_id, split.train, split.validation)
+    first_step = run.start(resume=False)
+    episodes = _test_episodes(run, {"base": None, "sft": _checkpoint_adapter(run, 0)}, test_ids)
+    outcome = run.run(first_step)
     console.print(f"[bold green]{cfg.run_name}: {outcome}[/bold green]")
-    sft = read_episodes(run.dir.gate_episodes(0))
-    rl_step = _best_rl_gate(run)
-    rl = read_episodes(run.dir.gate_episodes(rl_step))
-    personas = {t.task_id: t.persona.role for t in tasks}
-    comparison = compare({"base": base, "sft": sft, f"rl@{rl_step}": rl}, personas)
+    rl_step = _chosen_gate(run)
+    if rl_step == 0:
+        episodes["rl"] = episodes["sft"]
+        atomic_write_jsonl(run.dir.test_episodes("rl"), episodes["rl"])
+    else:
+        episodes.update(_test_episodes(run, {"rl": _chosen_adapter(run)}, test_ids))
+    comparison = compare(
+        episodes,
+        roles,
+        baseline="sft",
+        floors=task_floors(by_id[i] for i in test_ids),
+        split="test",
+        seed=cfg.seed,
+    )
     report_dir = cfg.run_dir / "report"
     write_report(comparison, report_dir, run.lineage.trials(cfg.run_name))
     mesh.shutdown()
     card = run.lineage.card(cfg.run_name)
-    return DemoResult(comparison, card, report_dir, cluster.dashboard_url, time.perf_counter() - started)
-
-
-def _base_episodes(run: TrainingRun) -> list[Episode]:
-    """The base model (no adapter) on the held-out tasks, at evaluation temperature; written before use."""
-    path = run.dir.root / "eval" / "base" / "episodes.jsonl"
-    if path.exists():
-        return read_episodes(path)
-    specs = episode_specs(
-        [run.tasks[i] for i in run.heldout],
-        k=1,
-        adapter=None,
-        temperature=run.cfg.eval.temperature,
-        seed=run.cfg.seed,
-        prefix="base",
+    wall_s = time.perf_counter() - started
+    summary = demo_summary(
+        comparison,
+        seed=cfg.seed,
+        wall_s=wall_s,
+        run=cfg.run_name,
+        rl_step=rl_step,
+        validation_tasks=len(run.validation),
     )
-    episodes = run_episodes(run.mesh, specs, "base model on held-out")
-    atomic_write_jsonl(path, episodes)
+    atomic_write_json(report_dir / SUMMARY_FILE, summary)
+    return DemoResult(comparison, card, report_dir, cluster.dashboard_url, wall_s, summary)
+
+
+def _chosen_gate(run: TrainingRun) -> int:
+    """The step of the gate whose adapter the run chose (runs/<run>/best): the last gate that beat every gate before
+    it on validation (status keep), or the step-0 gate when none did."""
+    gates = [t for t in run.lineage.trials(run.cfg.run_name) if t.kind == "heldout-gate"]
+    return max((t.step or 0 for t in gates if t.status == "keep"), default=0)
+
+
+def _checkpoint_adapter(run: TrainingRun, step: int) -> AdapterRef:
+    """The adapter checkpoint `step` serves (the one the gate of that step scored)."""
+    state = json.loads((run.dir.checkpoint(step) / "state.json").read_text())
+    if state["adapter"] is None:
+        raise RuntimeError(f"checkpoint {step} of {run.cfg.run_name} holds no adapter")
+    return AdapterRef.model_validate(state["adapter"])
+
+
+def _chosen_adapter(run: TrainingRun) -> AdapterRef:
+    """The run's chosen adapter, from its own copy under runs/<run>/best (never retired)."""
+    ref = AdapterRef.model_validate_json((run.dir.best / REF_FILE).read_text())
+    return ref.model_copy(update={"path": str(run.dir.best.resolve())})
+
+
+def _serve(mesh: Mesh, ref: AdapterRef) -> None:
+    """Make sure the policy server serves `ref` (a restarted server reloads only its newest adapters)."""
+    if ref.name not in {a.name for a in ray.get(mesh.policy.adapters.remote())}:
+        ray.get(mesh.policy.load_adapter.remote(ref))
+
+
+def _test_episodes(
+    run: TrainingRun, adapters: dict[str, AdapterRef | None], test_ids: list[str]
+) -> dict[str, list[Episode]]:
+    """Each policy once on each test task, at evaluation temperature, with the same sampling seeds (paired); all
+    policies' episodes run as one batch over the workers, and each policy's are written before use."""
+    specs = []
+    for label, ref in adapters.items():
+        if ref is not None:
+            _serve(run.mesh, ref)
+        specs.append(
+            episode_specs(
+                [run.tasks[i] for i in test_ids],
+                k=1,
+                adapter=ref.name if ref else None,
+                temperature=run.cfg.eval.temperature,
+                seed=run.cfg.seed,
+                prefix=f"test-{label}",
+            )
+        )
+    done = run_episodes(run.mesh, [s for group in specs for s in group], f"{', '.join(adapters)} on the test split")
+    episodes = {}
+    for i, label in enumerate(adapters):
+        episodes[label] = done[i * len(test_ids) : (i + 1) * len(test_ids)]
+        atomic_write_jsonl(run.dir.test_episodes(label), episodes[label])
     return episodes
-
-
-def _best_rl_gate(run: TrainingRun) -> int:
-    """The step of the best held-out gate after training began (ties: the earlier one)."""
-    gates = [t for t in run.lineage.trials(run.cfg.run_name) if t.kind == "heldout-gate" and t.step]
-    if not gates:
-        raise RuntimeError("the run recorded no held-out gate after step 0")
-    best = max(gates, key=lambda t: (t.metrics.get(GATE_METRIC) or 0.0, -(t.step or 0)))
-    return int(best.step or 0)

@@ -6,11 +6,11 @@
 Per step: sample tasks from the training split (a function of seed and step), K rollouts each, graded; the episodes
 are written to disk before anything uses them; advantages -> one learner step -> the new adapter version published
 and hot-loaded into the policy server (verified by its probe) -> a checkpoint -> a lineage trial. Every
-`eval.every_n_steps` a held-out gate scores the current adapter at evaluation temperature; the run's best adapter
-is chosen on held-out score only. The run stops at max_steps, or when the last group of every task of the training
-pool had identical rewards (the pool is saturated and must grow). `--resume` continues after the last checkpoint;
-a step whose episodes were written before a crash reuses them, so no episode is lost or run twice. SIGTERM
-finishes the current step's checkpoint and exits.
+`eval.every_n_steps` a validation gate scores the current adapter at evaluation temperature; the run's best adapter
+is chosen on validation score only (the test split is never read here: it is for the reported table). The run
+stops at max_steps, or when the last group of every task of the training pool had identical rewards (the pool is
+saturated and must grow). `--resume` continues after the last checkpoint; a step whose episodes were written before
+a crash reuses them, so no episode is lost or run twice. SIGTERM finishes the current step's checkpoint and exits.
 
 Pipelined (`rollout.max_staleness: 1`): step n+1's rollouts are started as soon as step n's are collected, so they
 run while the learner trains on step n, on adapter n-1 (each version is its own adapter name, so an episode never
@@ -34,8 +34,8 @@ import yaml
 from rich.console import Console
 
 from fieldkit.config import ConfigError, RunConfig
-from fieldkit.eval import trial_metrics
-from fieldkit.gym.corpus import load_corpus
+from fieldkit.eval import task_floors, trial_metrics
+from fieldkit.gym.corpus import load_corpus, stratified_subset
 from fieldkit.gym.records import Episode
 from fieldkit.gym.task import Task
 from fieldkit.lineage import LineageStore, Trial
@@ -49,20 +49,24 @@ from services.rollout import EpisodeSpec
 from services.serve.adapters import REF_FILE
 
 console = Console()
-# Checkpoints are chosen on the held-out mean reward: the objective the run trains, at evaluation temperature, on
+# Checkpoints are chosen on the validation mean reward: the objective the run trains, at evaluation temperature, on
 # tasks it never trains on. Per-assertion alone ties when RL changes how an agent finishes but not what it gets
 # right (the demo's tiny agent learns to stop; per-assertion stays put), and ties went to the SFT adapter, which
 # never stops.
-GATE_METRIC = "heldout.reward"
+GATE_METRIC = "validation.reward"
 
 
 class TrainingRun:
-    def __init__(self, cfg: RunConfig, mesh: Mesh, tasks: dict[str, Task], train_ids: list[str], heldout: list[str]):
+    def __init__(
+        self, cfg: RunConfig, mesh: Mesh, tasks: dict[str, Task], train_ids: list[str], validation: list[str]
+    ) -> None:
         self.cfg = cfg
         self.mesh = mesh
         self.tasks = tasks
         self.train_ids = train_ids
-        self.heldout = heldout[: cfg.eval.heldout_limit] if cfg.eval.heldout_limit else heldout
+        roles = {task_id: task.persona.role for task_id, task in tasks.items()}
+        self.validation = stratified_subset(validation, roles, cfg.eval.validation_limit, "validation")
+        self.floors = task_floors(tasks[i] for i in self.validation)
         self.dir = RunDir(cfg.run_dir)
         self.lineage = LineageStore(cfg.paths.lineage_db)
         self.provenance = capture_provenance()
@@ -229,23 +233,23 @@ class TrainingRun:
         self.served_version = loaded.version
 
     def _gate(self, step: int) -> None:
-        """Held-out evaluation of the serving adapter; the best gate's adapter is copied to runs/<run>/best."""
+        """Validation evaluation of the serving adapter; the best gate's adapter is copied to runs/<run>/best."""
         path = self.dir.gate_episodes(step)
         t0 = time.perf_counter()
         if path.exists():
             episodes = read_episodes(path)
         else:
             specs = episode_specs(
-                [self.tasks[i] for i in self.heldout],
+                [self.tasks[i] for i in self.validation],
                 k=1,
                 adapter=self.adapter.name if self.adapter else None,
                 temperature=self.cfg.eval.temperature,
                 seed=self.cfg.seed,
                 prefix=f"g{step:04d}",
             )
-            episodes = run_episodes(self.mesh, specs, f"held-out gate @ step {step}")
+            episodes = run_episodes(self.mesh, specs, f"validation gate @ step {step}")
             atomic_write_jsonl(path, episodes)
-        metrics = episode_metrics(episodes, "heldout")
+        metrics = episode_metrics(episodes, "validation", self.floors)
         if metrics.get(GATE_METRIC) is None:  # every episode faulted: nothing was measured
             status, score, is_best = "crash", 0.0, False
         else:
@@ -260,10 +264,10 @@ class TrainingRun:
         self._record(f"gate-{step:04d}", parent, "heldout-gate", status, step, (GATE_METRIC, "max"), metrics, walls)
         m = {key: value or 0.0 for key, value in metrics.items()}
         console.print(
-            f"[bold]held-out gate @ step {step}[/bold]: reward {score:.3f}, pass {m.get('heldout.task_pass', 0):.1%}, "
-            f"per-assertion {m.get('heldout.per_assertion', 0):.1%}, "
-            f"task_complete {m.get('heldout.task_complete', 0):.1%}, "
-            f"turns {m.get('heldout.mean_turns', 0):.2f}, failed {m['heldout.failed']:.0f}"
+            f"[bold]validation gate @ step {step}[/bold]: reward {score:.3f}, "
+            f"pass {m.get('validation.task_pass', 0):.1%}, per-assertion {m.get('validation.per_assertion', 0):.1%}, "
+            f"task_complete {m.get('validation.task_complete', 0):.1%}, "
+            f"turns {m.get('validation.mean_turns', 0):.2f}, failed {m['validation.failed']:.0f}"
             + ("  (best)" if is_best else "")
         )
 
@@ -327,14 +331,17 @@ class TrainingRun:
         )
 
 
-def episode_metrics(episodes: list[Episode], prefix: str) -> dict[str, float | None]:
-    """trial_metrics of the graded episodes, plus how many faulted (an infrastructure failure is not a score)."""
+def episode_metrics(
+    episodes: list[Episode], prefix: str, floors: dict[str, dict[str, int]] | None = None
+) -> dict[str, float | None]:
+    """trial_metrics of the graded episodes (net of `floors` when given), plus how many faulted (an infrastructure
+    failure is not a score)."""
     graded = [e for e in episodes if e.grade is not None]
     if not graded:
         return {f"{prefix}.failed": float(len(episodes))}
     rewards = [e.reward for e in graded if e.reward is not None]
     return {
-        **trial_metrics(graded, prefix=prefix),
+        **trial_metrics(graded, prefix=prefix, floors=floors),
         f"{prefix}.reward": _mean(rewards) if rewards else None,
         f"{prefix}.failed": float(len(episodes) - len(graded)),
     }
@@ -363,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     connect(cfg.resources.ray_address)
     tasks, split = load_corpus(cfg.paths.corpus_dir)
     mesh = start_mesh(cfg)
-    run = TrainingRun(cfg, mesh, {t.task_id: t for t in tasks}, split.train, split.heldout)
+    run = TrainingRun(cfg, mesh, {t.task_id: t for t in tasks}, split.train, split.validation)
     signal.signal(signal.SIGTERM, lambda *_: setattr(run, "stop_requested", True))
     outcome = run.run(run.start(args.resume))
     console.print(f"[bold green]{cfg.run_name}: {outcome}[/bold green]")

@@ -91,10 +91,12 @@ def submit_job(
         time.sleep(3)
 
 
-def write_run_config(tmp: Path, run_name: str, max_steps: int, n_train: int = 12, **sections: dict) -> Path:
+def write_run_config(
+    tmp: Path, run_name: str, max_steps: int, n_train: int = 12, n_validation: int = 2, **sections: dict
+) -> Path:
     """A small run on the tiny model (2 tasks x 2 rollouts a step) in `tmp`, its corpus 2 tasks per persona (16)
-    with `n_train` of them for training (12, 2 a step: the pool cannot saturate and stop a short run early);
-    `sections` override config sections."""
+    with `n_train` of them for training (12, 2 a step: the pool cannot saturate and stop a short run early),
+    `n_validation` for the gates and the rest for test; `sections` override config sections."""
     import yaml
 
     from fieldkit.gym.corpus import write_corpus
@@ -102,7 +104,7 @@ def write_run_config(tmp: Path, run_name: str, max_steps: int, n_train: int = 12
 
     corpus = tmp / "corpus"
     if not (corpus / "tasks.jsonl").exists():
-        write_corpus(corpus, generate_tasks(per_persona=2, seed=0), n_train=n_train, seed=0)
+        write_corpus(corpus, generate_tasks(per_persona=2, seed=0), n_train=n_train, n_validation=n_validation, seed=0)
     config: dict = {
         "run_name": run_name,
         "max_steps": max_steps,
@@ -110,7 +112,7 @@ def write_run_config(tmp: Path, run_name: str, max_steps: int, n_train: int = 12
         "lora": {"rank": 8, "alpha": 16, "max_lora_rank": 16},
         "rollout": {"tasks_per_step": 2, "group_size": 2, "max_turns": 2, "max_tokens_per_turn": 16, "workers": 1},
         "sandbox": {"pool_size": 2},
-        "eval": {"every_n_steps": 2, "heldout_limit": 2},
+        "eval": {"every_n_steps": 2, "validation_limit": 2},
         "paths": {
             "runs_dir": str(tmp / "runs"),
             "models_dir": str(REPO / "runs" / "models"),  # the tiny model cache shared with the other tests

@@ -1,39 +1,71 @@
-"""`fieldkit demo` end to end on a small shape: base, SFT and RL evaluated on the same held-out tasks, the matched
-table, the lineage card and the report, through the real mesh. On the random tiny model: the demo's tiny-agent
-takes minutes to pretrain, and what is tested here is the demo's flow, not what its model learns (README)."""
+"""`fieldkit demo` end to end on a small shape, through the real mesh: validation gates choose, base / SFT / RL are
+scored on the same test tasks, the run never reads a test task, and the demo ends with its JSON summary and can
+render the README table. On the random tiny model: the demo's tiny-agent takes minutes to pretrain, and what is
+tested here is the demo's flow, not what its model learns (README)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import yaml
 from conftest import write_run_config
+from typer.testing import CliRunner
 
-from fieldkit.config import RunConfig
-from services.demo import run_demo
+from fieldkit.cli import app
+from fieldkit.eval import Comparison
+from fieldkit.eval.summary import README_BEGIN, README_END
+from fieldkit.gym.corpus import load_corpus, stratified_subset
+from fieldkit.runs import read_episodes
 
 pytestmark = [pytest.mark.engine, pytest.mark.ray, pytest.mark.sandbox, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def test_demo_compares_base_sft_and_rl_on_the_same_heldout_tasks(tmp_path: Path) -> None:
+def test_demo_chooses_on_validation_and_reports_base_sft_rl_on_test(tmp_path: Path) -> None:
     demo = yaml.safe_load((REPO / "deploy/configs/demo-cpu.yaml").read_text())
     path = write_run_config(
         tmp_path,
         "demo-small",
         max_steps=2,
+        n_train=10,  # 16 tasks: 10 train, 2 validation, 4 test of which the demo scores 2
         sft={**demo["sft"], "epochs": 1},
-        eval={"every_n_steps": 2, "heldout_limit": 2},
+        eval={"every_n_steps": 1, "validation_limit": 2, "test_limit": 2},
     )
-    result = run_demo(RunConfig.from_yaml(path))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{README_BEGIN}\n{README_END}\n")
+    args = ["demo", "--config", str(path), "--seeds", "3", "--json", "--readme", str(readme)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
 
-    assert result.comparison.policies == ["base", "sft", "rl@2"]
-    assert len(result.comparison.task_ids) == 2  # the same two held-out tasks in each column
-    overall = next(s for s in result.comparison.slices if s.group == "all")
-    assert {v.n_episodes for v in overall.values.values()} == {2}
-    run = next((tmp_path / "runs").glob("demo-small-*"))
-    assert (run / "eval" / "base" / "episodes.jsonl").exists()
-    assert (run / "report" / "report.md").exists()
-    assert "heldout-gate" in result.card and "sft" in result.card
+    summary = json.loads(result.stdout.strip().splitlines()[-1])  # the JSON summary comes last
+    assert (summary["seed"], summary["split"], summary["n_tasks"], summary["validation_tasks"]) == (3, "test", 2, 2)
+    assert set(summary["policies"]) == {"base", "sft", "rl"} and set(summary["delta_rl_sft"]["task_pass"]) == {
+        "pp",
+        "ci95",
+        "p_value",
+    }
+    run = tmp_path / "runs" / summary["run"]
+    assert json.loads((run / "report" / "summary.json").read_text()) == summary
+
+    tasks, split = load_corpus(tmp_path / "corpus")
+    roles = {t.task_id: t.persona.role for t in tasks}
+    test_ids = stratified_subset(split.test, roles, 2, "test")
+    comparison = Comparison.model_validate_json((run / "report" / "report.json").read_text())
+    assert (comparison.policies, comparison.baseline, comparison.split) == (["base", "sft", "rl"], "sft", "test")
+    assert comparison.task_ids == sorted(test_ids)
+    for policy in ("base", "sft", "rl"):
+        assert sorted(e.task_id for e in read_episodes(run / "test" / policy / "episodes.jsonl")) == sorted(test_ids)
+    gated = {e.task_id for gate in (run / "gates").glob("*/episodes.jsonl") for e in read_episodes(gate)}
+    assert gated == set(split.validation)  # the gates read validation tasks only, never a test task
+    stepped = {e.task_id for step in (run / "steps").glob("*/episodes.jsonl") for e in read_episodes(step)}
+    assert stepped <= set(split.train)
+
+    # RL is the adapter the run chose on validation: runs/<run>/best holds the chosen gate's adapter.
+    best = json.loads((run / "best" / "adapter_ref.json").read_text())
+    chosen = json.loads((run / "checkpoints" / f"{summary['rl_step']:06d}" / "state.json").read_text())["adapter"]
+    assert best["name"] == chosen["name"]
+    text = readme.read_text()
+    assert f"Seed 3 (run `{summary['run']}`" in text and "| test, 2 tasks | base | SFT | RL |" in text

@@ -10,12 +10,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fieldkit.eval import Comparison, EvalInputError, compare, load_episodes, pass_at_k, write_report
+from fieldkit.eval import (
+    Comparison,
+    EvalInputError,
+    compare,
+    load_episodes,
+    pass_at_k,
+    render_markdown,
+    sign_test,
+    task_floors,
+    write_report,
+)
 from fieldkit.gym.records import Action, AssertionResult, Episode, GradeResult, Turn
 from fieldkit.lineage import Trial
 
 PERSONAS = {"t1": "backend-developer", "t2": "backend-developer", "t3": "technical-writer", "t4": "technical-writer"}
 FE, FCC = "file_exists", "file_contents_contain"
+# What the untouched seed passes of each hand-made task: t1's file already exists, one of t4's contents already holds.
+FLOORS = {"t1": {FE: 1}, "t2": {FE: 0}, "t3": {}, "t4": {FCC: 1}}
 
 
 def episode(
@@ -153,6 +165,68 @@ def test_bootstrap_interval_matches_a_plain_reimplementation() -> None:
     assert deltas["task_pass"].low <= deltas["task_pass"].value <= deltas["task_pass"].high
 
 
+def test_per_assertion_net_of_the_floor_on_hand_made_tasks() -> None:
+    result = compare(hand_made_policies(), PERSONAS, floors=FLOORS, bootstrap_samples=200)
+    headline = result.slice("all")
+    base, rl = headline.values["base"], headline.values["rl"]
+    assert (base.assertions_floor, base.per_assertion_net) == (2, pytest.approx(1 / 5))  # (3 - 2) / (7 - 2)
+    assert rl.per_assertion_net == pytest.approx(4 / 5)  # (6 - 2) / (7 - 2)
+    assert headline.deltas["rl"]["per_assertion_net"].value == pytest.approx(60.0)
+    exists, contains = result.slice("kind", FE), result.slice("kind", FCC)
+    assert (exists.values["base"].per_assertion_net, exists.values["rl"].per_assertion_net) == (0.5, 0.5)
+    assert (contains.values["base"].per_assertion_net, contains.values["rl"].per_assertion_net) == (0.0, 1.0)
+    assert "| per-assertion net of floor | 1/5 (20.0%) | 4/5 (80.0%) | +60.0 pp [" in render_markdown(result)
+    without = compare(hand_made_policies(), PERSONAS, bootstrap_samples=10).slice("all")
+    assert without.values["base"].per_assertion_net is None and without.deltas["rl"]["per_assertion_net"].value is None
+    with pytest.raises(EvalInputError, match=r"no floor \(seed workspace grade\) for tasks: t4"):
+        compare(hand_made_policies(), PERSONAS, floors={t: f for t, f in FLOORS.items() if t != "t4"})
+
+
+def test_floor_is_the_untouched_seed_of_real_tasks() -> None:
+    """On generated ClawGym tasks: an agent that does nothing scores its floor, net 0; one that passes all, net 1."""
+    from fieldkit.gym.generator import generate_tasks
+    from fieldkit.gym.grader import floor_grade
+
+    tasks = generate_tasks(1, 0)
+    floors = task_floors(tasks)
+    untouched = {t.task_id: [(r.kind, r.passed) for r in floor_grade(t).assertions] for t in tasks}
+    idle = [episode("idle", t.task_id, untouched[t.task_id], False, 1, 1) for t in tasks]
+    solved = [episode("all", t.task_id, [(a.kind, True) for a in t.verifiable_assertions], True, 1, 1) for t in tasks]
+    personas = {t.task_id: t.persona.role for t in tasks}
+    values = compare({"idle": idle, "all": solved}, personas, floors=floors, bootstrap_samples=10).slice("all").values
+    idle = values["idle"]
+    assert 0 < idle.assertions_floor < idle.assertions_total  # some assertions pass untouched, never all
+    assert idle.per_assertion == pytest.approx(idle.assertions_floor / idle.assertions_total)
+    assert (idle.per_assertion_net, values["all"].per_assertion_net) == (0.0, 1.0)
+
+
+def test_sign_test_is_exact_mcnemar_on_hand_made_pairs() -> None:
+    # 10 wins, 1 loss, 5 ties: ties drop out; p = 2 * P(X <= 1), X ~ Binomial(11, 1/2) = 2 * 12 / 2048.
+    assert sign_test([1.0] * 10 + [-0.5] + [0.0] * 5) == pytest.approx(24 / 2048)
+    assert sign_test([-1.0] * 10 + [0.5]) == sign_test([1.0] * 10 + [-0.5])
+    assert sign_test([1.0, -1.0]) == 1.0 and sign_test([0.0, float("nan")]) is None
+    # Hand-made policies: rl wins t1 and t4 on task pass, loses none -> exact McNemar p = 2 * (1/2)^2.
+    result = compare(hand_made_policies(), PERSONAS, bootstrap_samples=10)
+    deltas = result.slice("all").deltas["rl"]
+    assert deltas["task_pass"].p_value == pytest.approx(0.5)
+    assert deltas["mean_turns"].p_value == pytest.approx(1.0)  # t2 and t3 fewer turns, t1 more, t4 the same
+    assert "+50.0 pp [" in render_markdown(result) and " p=0.5 |" in render_markdown(result)
+
+
+def test_deltas_against_a_named_baseline() -> None:
+    policies = hand_made_policies()
+    three = {"base": policies["base"], "sft": policies["base"], "rl": policies["rl"]}
+    sft_ep = [e.model_copy(update={"episode_id": e.episode_id.replace("base", "sft")}) for e in three["sft"]]
+    result = compare({**three, "sft": sft_ep}, PERSONAS, baseline="sft", bootstrap_samples=50)
+    headline = result.slice("all")
+    assert (result.baseline, sorted(headline.deltas)) == ("sft", ["base", "rl"])
+    assert headline.deltas["rl"]["task_pass"].value == pytest.approx(50.0)
+    assert headline.deltas["base"]["task_pass"].value == 0.0 and headline.deltas["base"]["task_pass"].p_value is None
+    assert "| metric | base | sft | rl | Δ base | Δ rl |" in render_markdown(result)
+    with pytest.raises(EvalInputError, match="baseline 'best' is not one of the policies"):
+        compare(policies, PERSONAS, baseline="best")
+
+
 @pytest.mark.parametrize(("n", "c", "k"), [(5, 2, 1), (5, 2, 2), (5, 2, 4), (6, 0, 3), (4, 4, 2), (10, 3, 5)])
 def test_pass_at_k_equals_enumerating_every_k_subset(n: int, c: int, k: int) -> None:
     outcomes = [True] * c + [False] * (n - c)
@@ -260,22 +334,24 @@ def test_importing_eval_and_lineage_loads_no_numpy_or_matplotlib() -> None:
     assert out.strip() == "[]"
 
 
-def test_trial_metrics_feed_a_heldout_gate(tmp_path: Path) -> None:
+def test_trial_metrics_feed_a_validation_gate(tmp_path: Path) -> None:
     from fieldkit.eval import trial_metrics
     from fieldkit.lineage import LineageStore
 
-    gate = trial_metrics(hand_made_policies()["rl"])
+    gate = trial_metrics(hand_made_policies()["rl"], floors=FLOORS)
     assert gate == pytest.approx(
         {
-            "heldout.task_pass": 0.75,
-            "heldout.per_assertion": 6 / 7,
-            "heldout.task_complete": 1.0,
-            "heldout.mean_turns": 3.5,
-            "heldout.mean_wall_s": 10.0,
-            "heldout.n_tasks": 4.0,
-            "heldout.n_episodes": 4.0,
+            "validation.task_pass": 0.75,
+            "validation.per_assertion": 6 / 7,
+            "validation.per_assertion_net": 4 / 5,
+            "validation.task_complete": 1.0,
+            "validation.mean_turns": 3.5,
+            "validation.mean_wall_s": 10.0,
+            "validation.n_tasks": 4.0,
+            "validation.n_episodes": 4.0,
         }
     )
+    assert trial_metrics(hand_made_policies()["rl"])["validation.per_assertion_net"] is None  # no floor given
     store = LineageStore(tmp_path / "lineage.db")
     stored = store.record_trial(
         Trial(
@@ -283,9 +359,9 @@ def test_trial_metrics_feed_a_heldout_gate(tmp_path: Path) -> None:
             kind="heldout-gate",
             status="keep",
             step=4,
-            metric_name="heldout.task_pass",
-            metric=gate["heldout.task_pass"],
+            metric_name="validation.task_pass",
+            metric=gate["validation.task_pass"],
             metrics=gate,
         )
     )
-    assert store.best("rl", metric="heldout.per_assertion") == stored
+    assert store.best("rl", metric="validation.per_assertion") == stored

@@ -122,7 +122,7 @@ def faulted(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> I
         mesh = start_mesh(cfg)
         try:
             tasks, split = load_corpus(cfg.paths.corpus_dir)
-            run = FaultyRun(cfg, mesh, {t.task_id: t for t in tasks}, split.train, split.heldout)
+            run = FaultyRun(cfg, mesh, {t.task_id: t for t in tasks}, split.train, split.validation)
             before = {name: pid_of(actor) for name, actor in actors(mesh).items()}
             run.injector = Injector(mesh, run.dir, before)
             message = run.run(run.start(resume=False))
@@ -187,7 +187,7 @@ def test_resume_skips_a_corrupt_newest_checkpoint_and_uses_the_one_before(
     mesh = start_mesh(cfg)  # on the cluster of the faulted run, whose mesh is gone
     try:
         tasks, split = load_corpus(cfg.paths.corpus_dir)
-        run = TrainingRun(cfg, mesh, {t.task_id: t for t in tasks}, split.train, split.heldout)
+        run = TrainingRun(cfg, mesh, {t.task_id: t for t in tasks}, split.train, split.validation)
         assert run.start(resume=True) == MAX_STEPS  # step 4's checkpoint: step 5 is next
         assert run.adapter is not None and run.served_version == run.adapter.version == MAX_STEPS - 1
         assert json.loads(run.dir.latest.read_text())["step"] == MAX_STEPS - 1

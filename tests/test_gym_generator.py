@@ -9,7 +9,18 @@ import pytest
 from conftest import require_sandbox_backend
 from typer.testing import CliRunner
 
-from fieldkit.gym.corpus import SPLIT_FILE, TASKS_FILE, load_corpus, make_split, task_lines, write_corpus
+from fieldkit.cli import app
+from fieldkit.gym.corpus import (
+    SPLIT_FILE,
+    TASKS_FILE,
+    TwoWaySplitError,
+    load_corpus,
+    make_split,
+    split_bytes,
+    stratified_subset,
+    task_lines,
+    write_corpus,
+)
 from fieldkit.gym.generator import generate_tasks
 from fieldkit.gym.grader import grade
 from fieldkit.gym.oracle import check_task, check_tasks
@@ -83,31 +94,70 @@ def test_a_wrong_oracle_or_a_vacuous_task_is_reported(corpus, local_runner) -> N
     assert "the untouched seed already passes every assertion" in check_task(vacuous, local_runner).problems
 
 
-def test_split_is_stratified_seeded_and_frozen_on_disk(tmp_path, corpus) -> None:
-    split = make_split(corpus, 42, 0)
-    assert (len(split.train), len(split.heldout)) == (42, 158)
-    assert set(split.train).isdisjoint(split.heldout)
-    per_persona = Counter(tid.rsplit("-", 1)[0] for tid in split.train)
-    assert set(per_persona.values()) <= {5, 6} and sum(per_persona.values()) == 42
-    assert make_split(corpus, 42, 0) == split and make_split(corpus, 42, 1) != split
+def test_split_is_three_way_disjoint_stratified_seeded_and_frozen_on_disk(tmp_path, corpus) -> None:
+    split = make_split(corpus, 42, 40, 0)
+    assert (len(split.train), len(split.validation), len(split.test)) == (42, 40, 118)
+    parts = [set(split.train), set(split.validation), set(split.test)]
+    assert set().union(*parts) == {t.task_id for t in corpus} and sum(map(len, parts)) == 200  # disjoint, covering
+    role = {t.task_id: t.persona.role for t in corpus}
+    for ids, sizes in ((split.train, {5, 6}), (split.validation, {5}), (split.test, {14, 15})):
+        per_persona = Counter(role[i] for i in ids)
+        assert len(per_persona) == 8 and set(per_persona.values()) <= sizes
+    assert make_split(corpus, 42, 40, 0) == split and make_split(corpus, 42, 40, 1) != split
+    with pytest.raises(ValueError, match=r"n_validation 159 must be within 0\.\.158"):
+        make_split(corpus, 42, 159, 0)
 
-    write_corpus(tmp_path, corpus, 42, 0)
+    write_corpus(tmp_path, corpus, 42, 40, 0)
     frozen = json.loads((tmp_path / SPLIT_FILE).read_text())
-    frozen["train"], frozen["heldout"] = frozen["heldout"][:10], frozen["heldout"][10:] + frozen["train"]
+    frozen["train"], frozen["test"] = frozen["test"][:10], frozen["test"][10:] + frozen["train"]
     (tmp_path / SPLIT_FILE).write_text(json.dumps(frozen))
-    reused = write_corpus(tmp_path, corpus, 42, 7)  # another seed asked for: the split on disk wins
+    reused = write_corpus(tmp_path, corpus, 42, 40, 7)  # another seed asked for: the split on disk wins
     assert reused.train == frozen["train"]
     tasks, loaded = load_corpus(tmp_path)
     assert loaded == reused and len(tasks) == 200
 
     with pytest.raises(ValueError, match="not in the split"):
-        write_corpus(tmp_path, generate_tasks(26, 0), 42, 0)
+        write_corpus(tmp_path, generate_tasks(26, 0), 42, 40, 0)
     assert (tmp_path / TASKS_FILE).read_bytes() == task_lines(corpus)  # nothing overwritten on error
+    frozen["validation"] = frozen["validation"] + frozen["test"][:1]
+    (tmp_path / SPLIT_FILE).write_text(json.dumps(frozen))
+    with pytest.raises(ValueError, match="task ids in both validation and test"):
+        load_corpus(tmp_path)
+
+
+def test_subsets_are_fixed_and_stratified(corpus) -> None:
+    split = make_split(corpus, 42, 40, 0)
+    role = {t.task_id: t.persona.role for t in corpus}
+    subset = stratified_subset(split.test, role, 48, "test")
+    assert len(subset) == 48 and set(subset) <= set(split.test)
+    assert set(Counter(role[i] for i in subset).values()) == {6}
+    assert subset == [i for i in split.test if i in set(subset)]  # in split order
+    assert stratified_subset(split.test, role, 48, "test") == subset  # the same for every run seed
+    assert stratified_subset(split.test, role, 48, "validation") != subset
+    assert stratified_subset(split.test, role, None, "test") == stratified_subset(split.test, role, 500, "test")
+
+
+def test_a_two_way_split_is_refused_and_migrates_to_the_new_split(tmp_path, corpus) -> None:
+    """What the old make_split drew (train 42, heldout 158) migrates to what a new build draws, train untouched."""
+    new = make_split(corpus, 42, 40, 0)
+    two_way = {"seed": 0, "train": new.train, "heldout": new.validation + new.test, "note": "old"}
+    write_corpus(tmp_path, corpus, 42, 40, 0)
+    (tmp_path / SPLIT_FILE).write_text(json.dumps(two_way))
+    with pytest.raises(TwoWaySplitError, match="fieldkit gym migrate-split --corpus"):
+        load_corpus(tmp_path)
+    with pytest.raises(TwoWaySplitError):
+        write_corpus(tmp_path, corpus, 42, 40, 0)
+
+    result = CliRunner().invoke(app, ["gym", "migrate-split", "--corpus", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "42 train (kept) / 40 validation / 118 test" in result.stdout
+    _, migrated = load_corpus(tmp_path)
+    assert migrated == new and (tmp_path / SPLIT_FILE).read_bytes() == split_bytes(new)
+    again = CliRunner().invoke(app, ["gym", "migrate-split", "--corpus", str(tmp_path)])
+    assert again.exit_code == 1 and "not a two-way train/heldout split" in again.stderr
 
 
 def test_cli_build_is_byte_identical_and_reports_the_corpus(tmp_path) -> None:
-    from fieldkit.cli import app
-
     outputs = []
     for name in ("a", "b"):
         result = CliRunner().invoke(
@@ -116,12 +166,13 @@ def test_cli_build_is_byte_identical_and_reports_the_corpus(tmp_path) -> None:
         assert result.exit_code == 0, result.output
         outputs.append(json.loads(result.stdout.strip().splitlines()[-1]))
     assert outputs[0] == {**outputs[1], "out": outputs[0]["out"]}
-    assert (outputs[0]["tasks"], outputs[0]["train"], outputs[0]["heldout"], outputs[0]["oracles_passed"]) == (
+    assert [outputs[0][key] for key in ("tasks", "train", "validation", "test", "oracles_passed")] == [
         200,
         42,
-        158,
+        40,
+        118,
         200,
-    )
+    ]
     for name in (TASKS_FILE, SPLIT_FILE):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -12,11 +13,30 @@ from fieldkit.cli.console import console
 DEMO_CONFIG = Path("deploy/configs/demo-cpu.yaml")
 
 
+def parse_seeds(text: str) -> list[int]:
+    """'0,1,2' -> [0, 1, 2]: distinct non-negative integers."""
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError as exc:
+        raise typer.BadParameter(f"{text!r}: expected comma-separated integers, e.g. 0,1,2") from exc
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise typer.BadParameter(f"{text!r}: expected distinct non-negative integers, e.g. 0,1,2")
+    return seeds
+
+
 def demo(
     config: Annotated[Path, typer.Option(help="the demo's RunConfig")] = DEMO_CONFIG,
     smoke: Annotated[bool, typer.Option(help="only start Ray, build the tiny model and generate once")] = False,
+    seeds: Annotated[
+        str | None, typer.Option(help="run the demo once per seed, e.g. 0,1,2 (default: the config's seed)")
+    ] = None,
+    full_test: Annotated[bool, typer.Option(help="score the whole test split, not eval.test_limit tasks")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="end with one JSON summary line per seed")] = False,
+    readme: Annotated[
+        Path | None, typer.Option(help="then render these runs' tables into this README's demo section")
+    ] = None,
 ) -> None:
-    """Train an agent on embedded defaults and show base / SFT / RL on held-out tasks (see README: the demo)."""
+    """Train an agent on embedded defaults; show base / SFT / RL on test tasks (see README: the demo)."""
     if smoke:
         from services.smoke import run_smoke
 
@@ -24,16 +44,26 @@ def demo(
             console.print_json(data=run_smoke())
         return
     from fieldkit.cli.config import load_config
-    from fieldkit.cli.eval import headline_table
+    from fieldkit.cli.eval import headline_table, write_readme_tables
     from fieldkit.cli.gym import build
     from services.demo import run_demo
 
     cfg = load_config(config)
     if not (cfg.paths.corpus_dir / "tasks.jsonl").exists():
         build(out=cfg.paths.corpus_dir)
-    result = run_demo(cfg)
-    console.print(headline_table(result.comparison))
-    console.print(result.card)
-    console.print(
-        f"report: {result.report_dir}  |  Ray dashboard: {result.dashboard_url}  |  took {result.wall_s / 60:.1f} min"
-    )
+    summaries = []
+    for seed in parse_seeds(seeds) if seeds is not None else [cfg.seed]:
+        result = run_demo(cfg.model_copy(update={"seed": seed}), full_test=full_test)
+        console.print(headline_table(result.comparison))
+        console.print(result.card)
+        console.print(
+            f"seed {seed}: report {result.report_dir}  |  Ray dashboard: {result.dashboard_url}  |  "
+            f"took {result.wall_s / 60:.1f} min"
+        )
+        summaries.append(result.summary)
+    if readme is not None:
+        write_readme_tables([cfg.paths.runs_dir / s["run"] for s in summaries], readme)
+        console.print(f"{readme}: demo section rendered from {len(summaries)} run(s)")
+    if as_json:
+        for summary in summaries:
+            print(json.dumps(summary))

@@ -21,16 +21,15 @@ BACKEND_HELP = "sandbox for the oracle runs: auto (docker > bwrap > local), dock
 
 
 def _check_with_progress(tasks: list[Task], runner: Runner, workers: int) -> list[OracleVerdict]:
-    from rich.progress import Progress
-
     from fieldkit.gym.oracle import check_tasks
+    from fieldkit.progress import Phase
 
     verdicts = []
-    with Progress(console=err_console, transient=True) as progress:
-        bar = progress.add_task("running the oracles", total=len(tasks))
+    # on stderr: `--json` keeps stdout to the summary; transient: the summary line says what came of it
+    with Phase("building the corpus: running each task's oracle", console=err_console, transient=True) as progress:
         for verdict in check_tasks(tasks, runner, workers):
             verdicts.append(verdict)
-            progress.advance(bar)
+            progress(len(verdicts), len(tasks))
     return verdicts
 
 
@@ -39,7 +38,8 @@ def build(
     out: Annotated[Path, typer.Option(help="corpus directory: tasks.jsonl and split.json go here")],
     per_persona: Annotated[int, typer.Option(help="tasks per persona (8 personas)")] = 25,
     seed: Annotated[int, typer.Option(help="seeds the workspaces, the task choices and the split")] = 0,
-    train: Annotated[int, typer.Option(help="tasks in the training split; the rest are held out")] = 42,
+    train: Annotated[int, typer.Option(help="tasks in the training split (rollouts)")] = 42,
+    validation: Annotated[int, typer.Option(help="tasks in the validation split (gates); the rest are test")] = 40,
     backend: Annotated[str, typer.Option(help=BACKEND_HELP)] = "auto",
     workers: Annotated[int, typer.Option(help="sandboxes at once for the oracle runs")] = 4,
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
@@ -52,8 +52,10 @@ def build(
     from sandbox.runner import oracle_runner
 
     tasks = generate_tasks(per_persona, seed)
-    if not 0 <= train <= len(tasks):
-        err_console.print(f"[red]--train {train} must be within 0..{len(tasks)}[/red]")
+    if not 0 <= train <= len(tasks) or not 0 <= validation <= len(tasks) - train:
+        err_console.print(
+            f"[red]--train {train} and --validation {validation} must be >= 0 and sum to at most {len(tasks)}[/red]"
+        )
         raise typer.Exit(2)
     verdicts = _check_with_progress(tasks, oracle_runner(backend), workers)
     failed = [v for v in verdicts if not v.ok]
@@ -65,7 +67,7 @@ def build(
             )
         raise typer.Exit(1)
     try:
-        split = write_corpus(out, tasks, train, seed)
+        split = write_corpus(out, tasks, train, validation, seed)
     except ValueError as exc:
         err_console.print(f"[red]{exc}[/red]", markup=False)
         raise typer.Exit(1) from exc
@@ -73,7 +75,8 @@ def build(
         "out": str(out),
         "tasks": len(tasks),
         "train": len(split.train),
-        "heldout": len(split.heldout),
+        "validation": len(split.validation),
+        "test": len(split.test),
         "assertions": sum(len(t.verifiable_assertions) for t in tasks),
         "difficulty": dict(Counter(t.difficulty for t in tasks)),
         "oracles_passed": len(verdicts),
@@ -84,7 +87,31 @@ def build(
     console.print(
         f"[green]ok[/green] {summary['tasks']} tasks ({summary['assertions']} assertions; "
         f"{summary['difficulty']}), every oracle passed; split {summary['train']} train / "
-        f"{summary['heldout']} held out -> {out}"
+        f"{summary['validation']} validation / {summary['test']} test -> {out}"
+    )
+
+
+@app.command("migrate-split")
+def migrate_split(
+    corpus: Annotated[Path, typer.Option(help="corpus directory holding tasks.jsonl and a two-way split.json")],
+    validation: Annotated[int, typer.Option(help="held-out tasks that become validation; the rest are test")] = 40,
+) -> None:
+    """Rewrite a two-way train/heldout split.json as train/validation/test: train kept, held-out divided."""
+    from fieldkit.gym.corpus import SPLIT_FILE, TASKS_FILE, migrate_two_way, split_bytes
+    from fieldkit.gym.validate import load_tasks
+    from fieldkit.runs import atomic_write_bytes
+
+    path = corpus / SPLIT_FILE
+    try:
+        split = migrate_two_way(path, load_tasks(corpus / TASKS_FILE), validation)
+    except (OSError, ValueError) as exc:
+        err_console.print(str(exc), markup=False, soft_wrap=True)
+        raise typer.Exit(1) from exc
+    atomic_write_bytes(path, split_bytes(split))
+    console.print(
+        f"[green]ok[/green] {path}: {len(split.train)} train (kept) / {len(split.validation)} validation / "
+        f"{len(split.test)} test",
+        soft_wrap=True,
     )
 
 

@@ -75,3 +75,13 @@ def load_personas(tasks_path: Path) -> dict[str, str]:
             raise EvalInputError(f"{tasks_path}:{number}: task_id and persona.role must be strings")
         personas[task_id] = role
     return personas
+
+
+def load_floors(tasks_path: Path) -> dict[str, dict[str, int]] | None:
+    """task_id -> assertion kind -> assertions the untouched seed passes, when the file holds whole ClawGym tasks
+    (their workspace seeds); None when it does not (a file of ids and personas only)."""
+    from fieldkit.eval.outcomes import task_floors
+    from fieldkit.gym.validate import validate_file
+
+    tasks, problems = validate_file(tasks_path)
+    return None if problems or not tasks else task_floors(tasks)

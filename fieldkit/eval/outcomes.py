@@ -1,4 +1,5 @@
-"""One policy's episodes folded per task: how many ran, passed, completed, their turns, wall time and assertions.
+"""One policy's episodes folded per task: how many ran, passed, completed, their turns, wall time and assertions,
+and the task's floor: the assertions its untouched seeded workspace already passes.
 
 Everything the metrics need is a per-task sum, so the bootstrap can resample tasks without touching episodes again.
 """
@@ -6,11 +7,13 @@ Everything the metrics need is a per-task sum, so the bootstrap can resample tas
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from fieldkit.eval.inputs import EvalInputError, name_ids
+from fieldkit.gym.grader import floor_grade
 from fieldkit.gym.records import Episode
+from fieldkit.gym.task import Task
 
 
 @dataclass
@@ -23,6 +26,7 @@ class TaskOutcome:
     turns: int = 0
     wall_s: float = 0.0
     assertions: dict[str, list[int]] = field(default_factory=dict)  # kind -> [passed, total], summed over episodes
+    floor: dict[str, int] | None = None  # kind -> assertions the untouched seed passes (one episode's worth)
 
     def assertion_counts(self, kind: str | None = None) -> tuple[int, int]:
         """(passed, total) for one assertion kind, or over all kinds."""
@@ -30,6 +34,23 @@ class TaskOutcome:
             passed, total = self.assertions.get(kind, (0, 0))
             return passed, total
         return sum(p for p, _ in self.assertions.values()), sum(t for _, t in self.assertions.values())
+
+    def floor_count(self, kind: str | None = None) -> int | None:
+        """Assertions (of one kind, or all) the untouched seed passes, summed over episodes; None when unknown."""
+        if self.floor is None:
+            return None
+        per_episode = self.floor.get(kind, 0) if kind is not None else sum(self.floor.values())
+        return per_episode * self.episodes
+
+
+def task_floors(tasks: Iterable[Task]) -> dict[str, dict[str, int]]:
+    """task_id -> assertion kind -> how many of the task's assertions of that kind the untouched seed passes."""
+    floors: dict[str, dict[str, int]] = {}
+    for task in tasks:
+        counts = floors.setdefault(task.task_id, {})
+        for result in floor_grade(task).assertions:
+            counts[result.kind] = counts.get(result.kind, 0) + result.passed
+    return floors
 
 
 def fold_episodes(policy: str, episodes: Sequence[Episode], personas: Mapping[str, str]) -> dict[str, TaskOutcome]:

@@ -18,6 +18,7 @@ from fieldkit.runs import atomic_write_bytes
 TITLES = {
     "task_pass": "task pass",
     "per_assertion": "per-assertion",
+    "per_assertion_net": "per-assertion net of floor",
     "task_complete": "task_complete",
     "mean_turns": "mean turns",
     "mean_wall_s": "mean wall / task",
@@ -36,6 +37,14 @@ def value_cell(values: MetricValues, metric: str) -> str:
         if values.per_assertion is None:
             return "—"
         return f"{values.assertions_passed}/{values.assertions_total} ({_percent(values.per_assertion)})"
+    if metric == "per_assertion_net":
+        if values.per_assertion_net is None or values.assertions_floor is None:
+            return "—"
+        above, room = (
+            values.assertions_passed - values.assertions_floor,
+            values.assertions_total - values.assertions_floor,
+        )
+        return f"{above}/{room} ({_percent(values.per_assertion_net)})"
     if metric == "task_complete":
         return f"{values.episodes_complete}/{values.n_episodes} ({_percent(values.task_complete)})"
     if metric == "mean_turns":
@@ -51,33 +60,44 @@ def delta_cell(delta: Delta) -> str:
     interval = (
         "" if delta.low is None or delta.high is None else f" [{delta.low:+.{digits}f}, {delta.high:+.{digits}f}]"
     )
-    return f"{delta.value:+.{digits}f}{unit}{interval}"
+    p_value = "" if delta.p_value is None else f" p={delta.p_value:.2g}"
+    return f"{delta.value:+.{digits}f}{unit}{interval}{p_value}"
 
 
 def _percent(rate: float) -> str:
     return f"{100 * rate:.1f}%"
 
 
+def others(comparison: Comparison) -> list[str]:
+    """The policies with deltas: every one but the baseline, in order."""
+    return [p for p in comparison.policies if p != comparison.baseline]
+
+
 def render_markdown(comparison: Comparison, figures: Sequence[str] = ()) -> str:
     policies = comparison.policies
-    others = policies[1:]
+    deltas = others(comparison)
     headline = comparison.slice("all")
     level = f"{100 * comparison.confidence:g}%"
+    where = f" of the {comparison.split} split" if comparison.split else ""
     lines = [
         f"# Evaluation: {' vs '.join(policies)}",
         "",
-        f"{len(comparison.task_ids)} tasks, matched: every policy ran the same tasks. "
+        f"{len(comparison.task_ids)} tasks{where}, matched: every policy ran the same tasks. "
         f"Baseline: `{comparison.baseline}`.",
     ]
-    if others:
+    if deltas:
         lines.append(
             f"Deltas are against the baseline, in percentage points (pp) for rates; [low, high] is a paired bootstrap "
-            f"{level} interval over tasks ({comparison.bootstrap_samples} resamples, seed {comparison.seed})."
+            f"{level} interval over tasks ({comparison.bootstrap_samples} resamples, seed {comparison.seed}); p is a "
+            "two-sided exact sign test over tasks (on task pass with one episode a task: exact McNemar)."
         )
-    lines += ["", "## Headline", "", *_table(["metric", *policies, *(f"Δ {p}" for p in others)])]
+    lines.append(
+        "Per-assertion net of floor counts only the assertions the untouched seeded workspace does not already pass."
+    )
+    lines += ["", "## Headline", "", *_table(["metric", *policies, *(f"Δ {p}" for p in deltas)])]
     for metric in METRICS:
         cells = [TITLES[metric], *(value_cell(headline.values[p], metric) for p in policies)]
-        lines.append(_row(cells + [delta_cell(headline.deltas[p][metric]) for p in others]))
+        lines.append(_row(cells + [delta_cell(headline.deltas[p][metric]) for p in deltas]))
     lines += ["", "## pass@k (unbiased estimator)", "", *_table(["k", *policies])]
     for k in sorted(next(iter(comparison.pass_at_k.values()))):
         lines.append(_row([str(k), *(_percent(comparison.pass_at_k[p][k]) for p in policies)]))
@@ -89,19 +109,19 @@ def render_markdown(comparison: Comparison, figures: Sequence[str] = ()) -> str:
                 "",
                 f"### {TITLES[metric]}",
                 "",
-                *_table([label, "tasks", *policies, *(f"Δ {p}" for p in others)]),
+                *_table([label, "tasks", *policies, *(f"Δ {p}" for p in deltas)]),
             ]
-            lines += [_slice_row(s, metric, policies) for s in slices]
+            lines += [_slice_row(s, metric, policies, deltas) for s in slices]
     if figures:
         lines += ["", "## Figures", ""]
         lines += [f"![{FIGURES[name]}]({name})" for name in figures]
     return "\n".join(lines) + "\n"
 
 
-def _slice_row(found: SliceResult, metric: str, policies: Sequence[str]) -> str:
+def _slice_row(found: SliceResult, metric: str, policies: Sequence[str], deltas: Sequence[str]) -> str:
     first = found.values[policies[0]]
     cells = [found.name, str(first.n_tasks), *(value_cell(found.values[p], metric) for p in policies)]
-    return _row(cells + [delta_cell(found.deltas[p][metric]) for p in policies[1:]])
+    return _row(cells + [delta_cell(found.deltas[p][metric]) for p in deltas])
 
 
 def _table(header: Sequence[str]) -> list[str]:

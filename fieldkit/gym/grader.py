@@ -26,7 +26,7 @@ from fieldkit.gym.task import (
     FileUnchanged,
     Task,
 )
-from fieldkit.gym.workspace import Unreadable, WorkspaceView, as_view
+from fieldkit.gym.workspace import Unreadable, WorkspaceView, as_view, seed_snapshot
 
 RUBRIC_LEVELS = (0.0, 0.25, 0.5, 0.75, 1.0)
 CODE_WEIGHT = 0.7  # s_task = 0.7*s_code + 0.3*s_rubric (ClawGym's hybrid verification)
@@ -118,3 +118,9 @@ def grade(
         score=score,
         rubric_score=rubric,
     )
+
+
+def floor_grade(task: Task) -> GradeResult:
+    """The grade of the untouched seeded workspace: what an agent that does nothing scores. Graded on the seed's
+    snapshot, no sandbox needed; the evaluation reports per-assertion net of this floor."""
+    return grade(task, seed_snapshot(task.workspace_seed))

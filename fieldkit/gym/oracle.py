@@ -12,10 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 from pydantic import Field
 
-from fieldkit.gym.grader import grade
+from fieldkit.gym.grader import floor_grade, grade
 from fieldkit.gym.records import ExecResult, GradeResult, Record, WorkspaceSeed, WorkspaceSnapshot
 from fieldkit.gym.task import Task
-from fieldkit.gym.workspace import seed_snapshot
 
 
 class OracleRun(Record):
@@ -40,7 +39,7 @@ def check_task(task: Task, runner: Runner) -> OracleVerdict:
     problems: list[str] = []
     if not task.reference_solution:
         return OracleVerdict(task_id=task.task_id, ok=False, problems=["no reference_solution to run"])
-    untouched = grade(task, seed_snapshot(task.workspace_seed))
+    untouched = floor_grade(task)
     if untouched.passed:
         problems.append("the untouched seed already passes every assertion")
     try:
