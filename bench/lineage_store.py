@@ -19,11 +19,11 @@ def trial(i: int) -> Trial:
         run_id="bench",
         trial_id=f"bench/{i:04d}",
         parent_id=f"bench/{i - 1:04d}" if i else None,
-        kind="rl-step" if i % 10 else "heldout-gate",
+        kind="rl-step" if i % 10 else "validation-gate",
         status="keep" if i % 3 else "discard",
         step=i,
         metric=(i % 17) / 17,
-        metric_name="heldout.task_pass" if i % 10 == 0 else "train.reward",
+        metric_name="validation.reward" if i % 10 == 0 else "train.reward",
         metrics={"kl": 0.01 * i, "tokens": 1000 + i},
         hypothesis=f"step {i}: lr 1e-5, group 4",
         wall={"rollout_s": 12.0, "train_s": 3.0},
@@ -84,7 +84,7 @@ def main() -> dict[str, float]:
         ("SQLite append", figures["sqlite_append_ms"], figures["sqlite_vs_tsv_append"], "TSV append"),
         ("read all trials", figures["read_all_ms"], 1.0, "itself"),
         ("render card", figures["card_ms"], figures["card_vs_read"], "read all"),
-        ("best (held-out rule)", 1000 * best_s, figures["best_vs_read"], "read all"),
+        ("best (validation rule)", 1000 * best_s, figures["best_vs_read"], "read all"),
     ]
     print(f"lineage store, {N_TRIALS} trials")
     print(f"{'measure':<26}{'ms':>10}{'ratio':>8}  baseline")

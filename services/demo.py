@@ -96,7 +96,7 @@ def run_demo(cfg: RunConfig, *, full_test: bool = False) -> DemoResult:
 def _chosen_gate(run: TrainingRun) -> int:
     """The step of the gate whose adapter the run chose (runs/<run>/best): the last gate that beat every gate before
     it on validation (status keep), or the step-0 gate when none did."""
-    gates = [t for t in run.lineage.trials(run.cfg.run_name) if t.kind == "heldout-gate"]
+    gates = [t for t in run.lineage.trials(run.cfg.run_name) if t.kind == "validation-gate"]
     return max((t.step or 0 for t in gates if t.status == "keep"), default=0)
 
 

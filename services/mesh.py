@@ -1,7 +1,7 @@
 """The mesh of one run: policy server, sandbox pool, grader, rollout workers and learner, started together.
 
 `run_episodes` spreads episode specs over the rollout workers and shows progress (`submit_episodes` and
-`collect_episodes` are its two halves, for the pipelined driver); the driver, the held-out gate and the demo all go
+`collect_episodes` are its two halves, for the pipelined driver); the driver, the validation gate and the demo all go
 through it, so every episode anywhere is produced the same way.
 """
 

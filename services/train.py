@@ -261,7 +261,7 @@ class TrainingRun:
             self._copy_best(Path(self.adapter.path))
         parent = f"step-{step:04d}" if step else ("sft" if self.cfg.sft.warm_start else None)
         walls = {"gate_s": time.perf_counter() - t0}
-        self._record(f"gate-{step:04d}", parent, "heldout-gate", status, step, (GATE_METRIC, "max"), metrics, walls)
+        self._record(f"gate-{step:04d}", parent, "validation-gate", status, step, (GATE_METRIC, "max"), metrics, walls)
         m = {key: value or 0.0 for key, value in metrics.items()}
         console.print(
             f"[bold]validation gate @ step {step}[/bold]: reward {score:.3f}, "
@@ -304,7 +304,7 @@ class TrainingRun:
                 trial_id=trial_id,
                 run_id=run,
                 parent_id=f"{run}/{parent}" if parent else None,
-                baseline_id=baseline if kind in {"rl-step", "heldout-gate"} and trial_id != baseline else None,
+                baseline_id=baseline if kind in {"rl-step", "validation-gate"} and trial_id != baseline else None,
                 kind=kind,  # type: ignore[arg-type]
                 status=status,  # type: ignore[arg-type]
                 step=step,

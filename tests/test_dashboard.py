@@ -72,12 +72,12 @@ def gate(step: int, per_assertion: float, status: str) -> Trial:
     return Trial(
         trial_id=f"{RUN}/gate-{step:04d}",
         run_id=RUN,
-        kind="heldout-gate",
+        kind="validation-gate",
         status=status,
         step=step,
-        metric_name="heldout.per_assertion",
+        metric_name="validation.per_assertion",
         metric=per_assertion,
-        metrics={"heldout.per_assertion": per_assertion, "heldout.task_pass": per_assertion / 3},
+        metrics={"validation.per_assertion": per_assertion, "validation.task_pass": per_assertion / 3},
         hypothesis="GRPO on the tiny model learns to stop",
     )
 
@@ -118,7 +118,7 @@ def test_page_shows_the_mesh_and_training_as_the_run_goes(mesh, tmp_path: Path) 
             assert page.locator("#run-select").input_value() == RUN
             assert page.get_attribute("#ray-link", "href") == mesh["ray_url"]
 
-            # The run goes on while the page is open: two more steps and a held-out gate.
+            # The run goes on while the page is open: two more steps and a validation gate.
             write_step(run, 2)
             store.record_trial(gate(2, 0.42, "keep"))
             write_step(run, 3)

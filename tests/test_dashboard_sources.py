@@ -114,9 +114,9 @@ def trial(run: str, name: str, kind: str, status: str, step: int, metric: float)
         kind=kind,
         status=status,
         step=step,
-        metric_name="heldout.per_assertion" if kind == "heldout-gate" else "train.reward",
+        metric_name="validation.per_assertion" if kind == "validation-gate" else "train.reward",
         metric=metric,
-        metrics={"heldout.per_assertion": metric} if kind == "heldout-gate" else {"train.reward": metric},
+        metrics={"validation.per_assertion": metric} if kind == "validation-gate" else {"train.reward": metric},
     )
 
 
@@ -127,7 +127,7 @@ def test_run_reader_over_real_files_and_store(tmp_path: Path) -> None:
     atomic_write_json(run.step_metrics(1), {"train.reward": 0.1})
     (run.root / "steps" / "000003").mkdir()  # a step whose metrics are not written yet
     store = LineageStore(db)
-    store.record_trial(trial("grpo-a", "gate-0000", "heldout-gate", "baseline", 0, 0.3))
+    store.record_trial(trial("grpo-a", "gate-0000", "validation-gate", "baseline", 0, 0.3))
     store.record_trial(trial("grpo-a", "step-0001", "rl-step", "keep", 1, 0.1))
     store.record_trial(trial("sft-only", "sft", "sft", "keep", 0, 0.0))
     reader = RunReader(runs_dir, db)

@@ -289,12 +289,14 @@ def write_policies(directory: Path) -> dict[str, Path]:
 
 
 def curve_trials() -> list[Trial]:
-    trials = [Trial(run_id="rl", kind="heldout-gate", status="baseline", step=0, metric=0.25, metric_name="heldout")]
+    trials = [
+        Trial(run_id="rl", kind="validation-gate", status="baseline", step=0, metric=0.25, metric_name="validation")
+    ]
     for step in range(1, 5):
         trials.append(
             Trial(run_id="rl", kind="rl-step", status="keep", step=step, metric=0.4 + step / 10, metric_name="train")
         )
-    trials += [Trial(run_id="rl", kind="heldout-gate", status="keep", step=4, metric=0.75, metric_name="heldout")]
+    trials += [Trial(run_id="rl", kind="validation-gate", status="keep", step=4, metric=0.75, metric_name="validation")]
     return [t.model_copy(update={"trial_id": f"rl/{i}", "seq": i + 1}) for i, t in enumerate(trials)]
 
 
@@ -356,7 +358,7 @@ def test_trial_metrics_feed_a_validation_gate(tmp_path: Path) -> None:
     stored = store.record_trial(
         Trial(
             run_id="rl",
-            kind="heldout-gate",
+            kind="validation-gate",
             status="keep",
             step=4,
             metric_name="validation.task_pass",

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from fieldkit.cli import app
 from fieldkit.eval import compare, write_report
-from fieldkit.eval.summary import README_BEGIN, README_END, demo_summary
+from fieldkit.eval.summary import README_BEGIN, README_END, demo_summary, replace_between_markers
 from fieldkit.gym.corpus import write_corpus
 from fieldkit.gym.generator import generate_tasks
 from fieldkit.lineage import LineageStore
@@ -182,3 +182,11 @@ def test_split_and_floor_from_a_real_corpus(tmp_path: Path) -> None:
     assert 0 < floor < total and base["per_assertion_net"] == pytest.approx(-floor / (total - floor))
     wrong = runner.invoke(app, [*args, "--split", "validation"])
     assert wrong.exit_code == 2 and f"tasks not in the validation split of {tmp_path / 'corpus'}" in wrong.stderr
+
+
+def test_the_project_readme_has_the_demo_table_markers() -> None:
+    """`fieldkit demo --readme README.md` renders into the project's README: its marker lines are there, once."""
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert text.count(README_BEGIN) == 1 and text.count(README_END) == 1
+    rendered = replace_between_markers(text, "the table")
+    assert rendered.split(README_BEGIN)[0] == text.split(README_BEGIN)[0] and "\nthe table\n" in rendered

@@ -1,4 +1,4 @@
-"""The lineage store on real SQLite: records, best on held-out only, the chain, the card's determinism, errors."""
+"""The lineage store on real SQLite: records, best on validation only, the chain, the card's determinism, errors."""
 
 from __future__ import annotations
 
@@ -16,24 +16,24 @@ from fieldkit.lineage import CardSizes, LineageError, LineageStore, Trial, captu
 
 
 def rl_run(store: LineageStore, run: str = "grpo") -> None:
-    """A small RL run shaped like the reference's lesson: training-pool scores climb while held-out peaks early.
+    """A small RL run shaped like the reference's lesson: training-pool scores climb while validation peaks early.
 
-    baseline gate (0.02) -> step 1..6; gates after steps 2, 4, 6 score 0.08, 0.05, 0.06 held-out. Step 6 scores 0.875
-    on the training pool, the highest of any trial, and must never be chosen.
+    baseline gate (0.02) -> step 1..6; gates after steps 2, 4, 6 score 0.08, 0.05, 0.06 on validation. Step 6 scores
+    0.875 on the training pool, the highest of any trial, and must never be chosen.
     """
     parent = store.record_trial(
         Trial(
             run_id=run,
             trial_id=f"{run}/gate-0000",
-            kind="heldout-gate",
+            kind="validation-gate",
             status="baseline",
             step=0,
-            metric_name="heldout.task_pass",
+            metric_name="validation.task_pass",
             metric=0.02,
-            hypothesis="base model on the held-out split",
+            hypothesis="base model on the validation split",
         )
     ).trial_id
-    heldout = {2: 0.08, 4: 0.05, 6: 0.06}
+    validation = {2: 0.08, 4: 0.05, 6: 0.06}
     for step in range(1, 7):
         parent = store.record_trial(
             Trial(
@@ -48,20 +48,20 @@ def rl_run(store: LineageStore, run: str = "grpo") -> None:
                 hypothesis=f"GRPO step {step}",
             )
         ).trial_id
-        if step in heldout:
+        if step in validation:
             store.record_trial(
                 Trial(
                     run_id=run,
                     trial_id=f"{run}/gate-{step:04d}",
                     parent_id=parent,
                     baseline_id=f"{run}/gate-0000",
-                    kind="heldout-gate",
+                    kind="validation-gate",
                     status="keep" if step == 2 else "discard",
                     step=step,
-                    metric_name="heldout.task_pass",
-                    metric=heldout[step],
-                    metrics={"heldout.per_assertion": 0.3 + step / 100, "heldout.mean_turns": 5.0 - step / 10},
-                    hypothesis=f"held-out gate after step {step}",
+                    metric_name="validation.task_pass",
+                    metric=validation[step],
+                    metrics={"validation.per_assertion": 0.3 + step / 100, "validation.mean_turns": 5.0 - step / 10},
+                    hypothesis=f"validation gate after step {step}",
                     notes=f"gate {step}: adapter v{step}",
                     artifacts={"adapter": f"runs/{run}/adapters/v{step}"},
                 )
@@ -111,15 +111,29 @@ def test_all_fields_round_trip(tmp_path: Path) -> None:
     assert "numpy" in stored.packages
 
 
-def test_best_uses_heldout_gates_only_in_rl_runs(tmp_path: Path) -> None:
+def test_best_uses_validation_gates_only_in_rl_runs(tmp_path: Path) -> None:
     store = LineageStore(tmp_path / "lineage.db")
     rl_run(store)
     best = store.best("grpo")
     assert best is not None and best.trial_id == "grpo/gate-0002"
     # A named metric from the metrics JSON, with its own direction: fewest turns is gate 6.
-    by_turns = store.best("grpo", metric="heldout.mean_turns", direction="min")
+    by_turns = store.best("grpo", metric="validation.mean_turns", direction="min")
     assert by_turns is not None and by_turns.trial_id == "grpo/gate-0006"
     assert [t.trial_id for t in store.top_kept(5, "grpo")] == ["grpo/gate-0002"]
+
+
+def test_gates_recorded_before_the_validation_split_read_back_as_validation_gates(tmp_path: Path) -> None:
+    """A store written when the gate's kind was "heldout-gate" (rows rewritten here as such a store holds them)."""
+    import sqlite3
+
+    store = LineageStore(tmp_path / "lineage.db")
+    rl_run(store)
+    with sqlite3.connect(store.path) as conn:
+        conn.execute("UPDATE trials SET kind = 'heldout-gate' WHERE kind = 'validation-gate'")
+    gates = [t for t in store.trials("grpo") if t.step in (0, 2, 4, 6) and t.kind != "rl-step"]
+    assert [t.kind for t in gates] == ["validation-gate"] * 4
+    best = store.best("grpo")
+    assert best is not None and best.trial_id == "grpo/gate-0002"  # still only gates compete, never step 6
 
 
 def test_best_outside_rl_takes_any_completed_trial_and_skips_failures(tmp_path: Path) -> None:
@@ -149,7 +163,7 @@ def test_chain_runs_root_to_best_across_runs(tmp_path: Path) -> None:
     store = LineageStore(tmp_path / "lineage.db")
     sft = store.record_trial(Trial(run_id="sft", trial_id="sft/final", kind="sft", status="keep", metric=0.06))
     store.record_trial(
-        Trial(run_id="rl", trial_id="rl/gate-0000", parent_id=sft.trial_id, kind="heldout-gate", status="baseline")
+        Trial(run_id="rl", trial_id="rl/gate-0000", parent_id=sft.trial_id, kind="validation-gate", status="baseline")
     )
     store.record_trial(
         Trial(run_id="rl", trial_id="rl/step-0001", parent_id="rl/gate-0000", kind="rl-step", status="keep")
@@ -159,7 +173,7 @@ def test_chain_runs_root_to_best_across_runs(tmp_path: Path) -> None:
             run_id="rl",
             trial_id="rl/gate-0001",
             parent_id="rl/step-0001",
-            kind="heldout-gate",
+            kind="validation-gate",
             status="keep",
             metric=0.1,
         )
@@ -246,8 +260,8 @@ def test_card_sections_and_determinism(tmp_path: Path) -> None:
         "## Recent (4, newest first)",
         "## Last 2 in full",
     ]
-    assert "- trial: `grpo/gate-0002` (heldout-gate step 2, status keep)" in card
-    assert "- heldout.task_pass: 0.080000 (higher is better)" in card
+    assert "- trial: `grpo/gate-0002` (validation-gate step 2, status keep)" in card
+    assert "- validation.task_pass: 0.080000 (higher is better)" in card
     chain_block = card.split("## Chain root → best")[1].split("```")[1]
     assert [line.split(" [")[0].removeprefix("└─ ") for line in chain_block.strip().splitlines()] == [
         "grpo/gate-0000",

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from fieldkit.lineage import LineageStore, Trial
 
 app = typer.Typer(
-    help="The trial lineage store: trials, best on held-out, chains, the card, TSV.", no_args_is_help=True
+    help="The trial lineage store: trials, best on validation, chains, the card, TSV.", no_args_is_help=True
 )
 
 Db = Annotated[Path, typer.Option("--db", help="the SQLite lineage store")]
@@ -79,7 +79,7 @@ def best(
     direction: Annotated[Literal["max", "min"] | None, typer.Option(help="override the trials' direction")] = None,
     as_json: AsJson = False,
 ) -> None:
-    """The best completed trial (in RL runs: the best held-out gate). Exit 1 when there is none yet."""
+    """The best completed trial (in RL runs: the best validation gate). Exit 1 when there is none yet."""
     from fieldkit.lineage import LineageError
 
     try:

@@ -62,11 +62,11 @@ def _percent(value: float | None) -> float:
 
 def training_curves(trials: Sequence[Trial], title: str) -> bytes:
     """Core metric against step, one line per (kind, metric name), the store's best marked: a curve that climbs on
-    the training pool while held-out falls is visible at a glance."""
+    the training pool while validation falls is visible at a glance."""
     plt = _pyplot()
     series: dict[tuple[str, str], list[tuple[int, float]]] = {}
     for trial in trials:
-        if trial.step is not None and trial.metric is not None and trial.kind in ("rl-step", "heldout-gate"):
+        if trial.step is not None and trial.metric is not None and trial.kind in ("rl-step", "validation-gate"):
             series.setdefault((trial.kind, trial.metric_name or "metric"), []).append((trial.step, trial.metric))
     from matplotlib.ticker import MaxNLocator
 
@@ -74,7 +74,7 @@ def training_curves(trials: Sequence[Trial], title: str) -> bytes:
     axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     for (kind, name), points in sorted(series.items()):
         points.sort()
-        style = "o-" if kind == "heldout-gate" else ".-"
+        style = "o-" if kind == "validation-gate" else ".-"
         axis.plot([p[0] for p in points], [p[1] for p in points], style, label=f"{name} ({kind})")
     best = best_of(trials)
     if best is not None and best.step is not None:

@@ -143,7 +143,7 @@ def write_report(comparison: Comparison, out_dir: Path, curve_trials: Sequence[T
         ),
         "per_kind.png": grouped_bars(comparison, "kind", ["per_assertion"], FIGURES["per_kind.png"]),
     }
-    if any(t.step is not None and t.kind in ("rl-step", "heldout-gate") for t in curve_trials):
+    if any(t.step is not None and t.kind in ("rl-step", "validation-gate") for t in curve_trials):
         figures["training_curves.png"] = training_curves(curve_trials, FIGURES["training_curves.png"])
     written = []
     for name, data in figures.items():

@@ -1,4 +1,4 @@
-"""Trial lineage: the SQLite store, the queries (best on held-out, chain, latest), the card, and the TSV bridge."""
+"""Trial lineage: the SQLite store, the queries (best on validation, chain, latest), the card, and the TSV bridge."""
 
 from fieldkit.lineage.card import CardSizes, render_card
 from fieldkit.lineage.provenance import Provenance, capture_provenance

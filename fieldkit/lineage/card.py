@@ -33,7 +33,10 @@ def render_card(trials: Sequence[Trial], run_id: str | None, sizes: CardSizes) -
     best = order[0] if order else None
     lines = [f"# Lineage card: {'run `' + run_id + '`' if run_id else 'all runs'}", "", _status_line(scope)]
     if rl_runs(scope):
-        lines.append("Selection: in RL runs only held-out gates compete for best (training-pool scores never do).")
+        lines.append(
+            "Selection: in RL runs only validation gates compete for best (training-pool scores never do; "
+            "the test split is only reported)."
+        )
     lines += ["", "## Current best", ""]
     lines += _best_section(best)
     lines += ["", "## Chain root → best", ""]

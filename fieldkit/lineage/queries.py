@@ -19,14 +19,14 @@ def rl_runs(trials: Iterable[Trial]) -> set[str]:
 
 
 def eligible(trials: Sequence[Trial], metric: str | None = None) -> list[Trial]:
-    """Trials that may be ranked: a completed status, a value for the metric, and in an RL run a held-out gate."""
+    """Trials that may be ranked: a completed status, a value for the metric, and in an RL run a validation gate."""
     rl = rl_runs(trials)
     return [
         t
         for t in trials
         if t.status in COMPLETED_STATUSES
         and t.value(metric) is not None
-        and (t.run_id not in rl or t.kind == "heldout-gate")
+        and (t.run_id not in rl or t.kind == "validation-gate")
     ]
 
 

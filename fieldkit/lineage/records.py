@@ -1,19 +1,21 @@
 """The lineage vocabulary and the Trial record: one row of the lineage store.
 
-A trial is one measured attempt: a training step, a held-out gate, a baseline evaluation, an SFT run, an ablation.
+A trial is one measured attempt: a training step, a validation gate, a baseline evaluation, an SFT run, an ablation.
 `kind` says what was measured; `status` says how it ended, in the shared vocabulary of the lineage ablation
 (arXiv 2605.05724), which the Reward record reuses. `hypothesis`, `status` and `notes` are the load-bearing fields:
 they are what a later reader (a person or an agent) needs to avoid repeating a dead end.
 
 How a training run records itself (the driver's conventions):
-- step 0: the held-out evaluation of the starting policy, kind "heldout-gate", status "baseline", id "<run>/gate-0000",
-  parent the SFT trial it starts from (if any);
+- step 0: the validation evaluation of the starting policy, kind "validation-gate", status "baseline", id
+  "<run>/gate-0000", parent the SFT trial it starts from (if any);
 - each step: kind "rl-step", id "<run>/step-NNNN", parent the previous step (or gate-0000), core metric a training
   score (e.g. "train.reward"), status "keep" when the update was applied, a failure class when it was not;
-- each held-out gate: kind "heldout-gate", id "<run>/gate-NNNN", parent the step whose adapter it scored, baseline
-  gate-0000, core metric "heldout.task_pass" with `fieldkit.eval.trial_metrics(...)` as its metrics, status "keep"
-  when it is the best gate so far, else "discard"; the adapter path in `artifacts["adapter"]`.
-Only held-out gates compete for "best" in such a run, so training-pool scores never select a checkpoint.
+- each validation gate: kind "validation-gate", id "<run>/gate-NNNN", parent the step whose adapter it scored,
+  baseline gate-0000, core metric "validation.reward" with `fieldkit.eval.trial_metrics(...)` among its metrics,
+  status "keep" when it is the best gate so far, else "discard"; the adapter path in `artifacts["adapter"]`.
+Only validation gates compete for "best" in such a run, so training-pool scores never select a checkpoint; the test
+split is never a trial's metric (it is only reported, by `fieldkit eval`). Trials recorded before the validation
+split have kind "heldout-gate": they read back as "validation-gate" (LEGACY_KINDS).
 """
 
 from __future__ import annotations
@@ -43,12 +45,13 @@ STATUSES: tuple[str, ...] = get_args(Status)
 # any, was measured on a broken or over-budget run and must never win "best".
 COMPLETED_STATUSES = frozenset({"keep", "discard", "baseline"})
 
-TrialKind = Literal["baseline", "rl-step", "heldout-gate", "sft", "eval", "aborted"]
+TrialKind = Literal["baseline", "rl-step", "validation-gate", "sft", "eval", "aborted"]
 TRIAL_KINDS: tuple[str, ...] = get_args(TrialKind)
+LEGACY_KINDS = {"heldout-gate": "validation-gate"}  # the gate's kind in stores written before the validation split
 
-# Kinds that make a run an RL run. In an RL run only held-out gates may be "best": the reference run had a step that
-# scored 28/32 on its training pool and 9/158 held-out.
-RL_KINDS = frozenset({"rl-step", "heldout-gate"})
+# Kinds that make a run an RL run. In an RL run only validation gates may be "best": the reference run had a step
+# that scored 28/32 on its training pool and 9/158 held-out.
+RL_KINDS = frozenset({"rl-step", "validation-gate"})
 
 Direction = Literal["max", "min"]
 
@@ -74,7 +77,7 @@ class Trial(BaseModel):
     status: Status
     step: int | None = Field(default=None, ge=0, description="training step, for curves and the card")
     hypothesis: str = ""
-    metric_name: str = Field("", description="what `metric` is, e.g. 'heldout.task_pass'")
+    metric_name: str = Field("", description="what `metric` is, e.g. 'validation.reward'")
     metric: float | None = None
     direction: Direction = "max"
     metrics: dict[str, JsonScalar] = Field(default_factory=dict)
@@ -89,6 +92,11 @@ class Trial(BaseModel):
     notes: str = ""
     created_at: str = ""
     seq: int = 0
+
+    @field_validator("kind", mode="before")
+    @classmethod
+    def _current_kind(cls, value: Any) -> Any:
+        return LEGACY_KINDS.get(value, value) if isinstance(value, str) else value
 
     @field_validator("trial_id", "parent_id", "baseline_id")
     @classmethod

@@ -211,7 +211,7 @@ class LineageStore:
         self, run_id: str | None = None, metric: str | None = None, direction: Direction | None = None
     ) -> Trial | None:
         """The best completed trial by the core metric (or `metrics[metric]`). In an RL run (one with rl-step or
-        heldout-gate trials) only held-out gates compete: a training-pool score never selects a checkpoint."""
+        validation-gate trials) only validation gates compete: a training-pool score never selects a checkpoint."""
         return best_of(self._trials_of(run_id), metric, direction)
 
     def top_kept(self, k: int = 10, run_id: str | None = None, metric: str | None = None) -> list[Trial]:

@@ -3,7 +3,7 @@
 GET /                 the page (static/index.html, dashboard.js, dashboard.css; no CDN: it works offline)
 GET /api/cluster      actors, nodes, engine and sandbox-pool figures, read from Ray (ray_source)
 GET /api/runs         training runs under the runs directory and in the lineage store
-GET /api/runs/{run}   a run's per-step metrics, held-out gates and lineage card (run_source)
+GET /api/runs/{run}   a run's per-step metrics, validation gates and lineage card (run_source)
 
 The page keeps the history of what it polled (busy fraction over time, tokens/s); the Ray dashboard, linked from
 the page, keeps everything Ray already shows. `fieldkit dashboard` runs it in the foreground; `DashboardServer`

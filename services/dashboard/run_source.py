@@ -70,7 +70,7 @@ class RunReader:
                 "metrics": flatten(t.metrics),
             }
             for t in trials
-            if t.kind == "heldout-gate"
+            if t.kind == "validation-gate"
         ]
         card = LineageStore(self.lineage_db).card(name) if trials else ""
         return {"name": name, "steps": self._steps(name), "gates": gates, "card": card, "error": error}

@@ -122,7 +122,7 @@ function renderGates(gates) {
   const box = document.getElementById("gates");
   const rows = document.querySelector("#gate-table tbody");
   if (!gates.length) {
-    box.replaceChildren(el("p", { class: "small" }, "no held-out gate yet"));
+    box.replaceChildren(el("p", { class: "small" }, "no validation gate yet"));
     rows.replaceChildren();
     return;
   }
@@ -131,7 +131,7 @@ function renderGates(gates) {
   const series = names.map((name) => ({
     name, points: gates.filter((g) => name in g.metrics && g.step !== null).map((g) => [g.step, g.metrics[name]]),
   })).filter((s) => s.points.length);
-  box.replaceChildren(...(series.length ? [lineChart("held-out gates", series, "gates")] : []));
+  box.replaceChildren(...(series.length ? [lineChart("validation gates", series, "gates")] : []));
   rows.replaceChildren(
     el("tr", {}, el("th", {}, "step"), el("th", {}, "trial"), el("th", {}, "status"), el("th", {}, "metric")),
     ...gates.map((g) => el("tr", { class: g.status === "keep" ? "best" : "" },
