@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -123,8 +124,14 @@ def build_tokenizer(spec: TinyModelSpec):  # -> transformers.PreTrainedTokenizer
     return fast
 
 
-def build_tiny_model(models_dir: str | Path = "runs/models", spec: TinyModelSpec | None = None) -> Path:
-    """Build (or reuse the cached) tiny model and return its directory, loadable with HF_HUB_OFFLINE=1."""
+def build_tiny_model(
+    models_dir: str | Path = "runs/models",
+    spec: TinyModelSpec | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Path:
+    """Build (or reuse the cached) tiny model and return its directory, loadable with HF_HUB_OFFLINE=1.
+
+    `progress(done, total)` follows the prior's pretraining steps, when there are any to run."""
     spec = spec or TinyModelSpec()
     target = Path(models_dir) / spec.key()
     if (target / ".complete").exists():
@@ -165,6 +172,7 @@ def build_tiny_model(models_dir: str | Path = "runs/models", spec: TinyModelSpec
             batch_size=spec.prior_batch_size,
             learning_rate=spec.prior_learning_rate,
             seed=spec.seed,
+            progress=progress,
         )
         record["prior_loss"] = {"first": losses[0], "last": losses[-1]}
     return save_model_dir(model.to(getattr(torch, spec.dtype)), tokenizer, target, "fieldkit_spec.json", record)

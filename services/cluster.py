@@ -19,6 +19,8 @@ from typing import Any
 
 import ray
 
+from services.logs import LOG_DIR_ENV
+
 DASHBOARD_HOST = "127.0.0.1"
 DASHBOARD_PORT = 8265
 AUTH_TOKEN_PATH = Path.home() / ".ray" / "auth_token"
@@ -31,25 +33,30 @@ class ClusterInfo:
     started_here: bool
 
 
-def connect(address: str | None = None, *, num_cpus: int | None = None) -> ClusterInfo:
+def connect(address: str | None = None, *, num_cpus: int | None = None, log_dir: Path | None = None) -> ClusterInfo:
     """Connect to `address` (or $RAY_ADDRESS); with neither, start a local cluster in this process.
 
-    A driver launched by `ray job submit` finds $RAY_ADDRESS set by Ray and joins that cluster.
+    A driver launched by `ray job submit` finds $RAY_ADDRESS set by Ray and joins that cluster. With `log_dir`,
+    a quiet run: the actors' output goes to files there instead of this console (services.logs). A process that
+    is already connected keeps the connection as it was made.
     """
     address = address or os.environ.get("RAY_ADDRESS")
     dashboard = f"{DASHBOARD_HOST}:{DASHBOARD_PORT}"
     started_here = False
     if not ray.is_initialized():
+        quiet: dict[str, Any] = {}
+        if log_dir is not None:
+            quiet = {"log_to_driver": False, "runtime_env": {"env_vars": {LOG_DIR_ENV: str(log_dir)}}}
         if address:
-            context = ray.init(address=address)
+            context = ray.init(address=address, **quiet)
         else:
-            context = _start_local(num_cpus)
+            context = _start_local(num_cpus, quiet)
             started_here = True
         dashboard = context.dashboard_url or dashboard
     return ClusterInfo(ray.get_runtime_context().gcs_address, f"http://{dashboard}", started_here)
 
 
-def _start_local(num_cpus: int | None, attempts: int = 3) -> Any:
+def _start_local(num_cpus: int | None, options: dict[str, Any], attempts: int = 3) -> Any:
     """A new local cluster with its dashboard on 8265, or on a free port when that is taken. Two drivers started at
     the same moment can both find a port free and race for it: the loser starts again on another port."""
     for attempt in range(1, attempts + 1):
@@ -60,6 +67,7 @@ def _start_local(num_cpus: int | None, attempts: int = 3) -> Any:
                 include_dashboard=True,
                 dashboard_host=DASHBOARD_HOST,
                 dashboard_port=dashboard_port(),
+                **options,
             )
         except Exception as exc:
             if "port for dashboard" not in str(exc) or attempt == attempts:

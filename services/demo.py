@@ -7,8 +7,8 @@ run chose: its best validation gate, runs/<run>/best) on the same test tasks, a 
 the test split (`eval.test_limit`; all of it with `full_test`). Base and SFT are scored on test right after the SFT
 warm start, while v0 is certainly on disk (retention may delete it later); the run itself never reads a test
 episode, so nothing chosen on validation is reported on it. When no RL gate beat the SFT gate on validation, the run
-chose v0 and the RL column is the SFT adapter's episodes. Writes the report and summary.json under
-runs/<run>/report/ and returns the matched table, the lineage card and the summary.
+chose v0 and the RL column is the SFT adapter's episodes. Writes the report, summary.json and the lineage card
+(card.md) under runs/<run>/report/ and returns the matched table and the summary.
 """
 
 from __future__ import annotations
@@ -20,38 +20,42 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from rich.console import Console
+from rich import get_console
 
 from fieldkit.config import RunConfig
 from fieldkit.eval import Comparison, compare, task_floors, write_report
 from fieldkit.eval.summary import SUMMARY_FILE, demo_summary
 from fieldkit.gym.corpus import load_corpus, stratified_subset
 from fieldkit.gym.records import Episode
-from fieldkit.runs import atomic_write_json, atomic_write_jsonl
+from fieldkit.runs import atomic_write_bytes, atomic_write_json, atomic_write_jsonl
 from fieldkit.training.records import AdapterRef
 from services.cluster import connect
+from services.logs import console_says_where, quiet_driver
 from services.mesh import Mesh, episode_specs, run_episodes, start_mesh
 from services.serve.adapters import REF_FILE
 from services.train import TrainingRun
 
-console = Console()
+console = get_console()  # rich's one stdout console, shared with the progress bars
 
 
 @dataclass(frozen=True)
 class DemoResult:
     comparison: Comparison
-    card: str
     report_dir: Path
     dashboard_url: str
     wall_s: float
     summary: dict[str, Any]
 
 
-def run_demo(cfg: RunConfig, *, full_test: bool = False) -> DemoResult:
+def run_demo(cfg: RunConfig, *, full_test: bool = False, quiet: bool = False) -> DemoResult:
+    """`quiet`: Ray's, vLLM's and the actors' logs go under runs/<run>/logs/ instead of the console (services.logs)."""
     started = time.perf_counter()
     # every demo is a new run (a second `make demo` must not trip over the first one's checkpoints)
     cfg = cfg.model_copy(update={"run_name": f"{cfg.run_name}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"})
-    cluster = connect(cfg.resources.ray_address)
+    log_dir = quiet_driver(cfg.run_dir / "logs") if quiet else None
+    cluster = connect(cfg.resources.ray_address, log_dir=log_dir)
+    if log_dir is not None:
+        console_says_where(log_dir, cluster.dashboard_url)
     tasks, split = load_corpus(cfg.paths.corpus_dir)
     by_id = {t.task_id: t for t in tasks}
     roles = {t.task_id: t.persona.role for t in tasks}
@@ -79,7 +83,7 @@ def run_demo(cfg: RunConfig, *, full_test: bool = False) -> DemoResult:
     report_dir = cfg.run_dir / "report"
     write_report(comparison, report_dir, run.lineage.trials(cfg.run_name))
     mesh.shutdown()
-    card = run.lineage.card(cfg.run_name)
+    atomic_write_bytes(report_dir / "card.md", run.lineage.card(cfg.run_name).encode())
     wall_s = time.perf_counter() - started
     summary = demo_summary(
         comparison,
@@ -90,7 +94,7 @@ def run_demo(cfg: RunConfig, *, full_test: bool = False) -> DemoResult:
         validation_tasks=len(run.validation),
     )
     atomic_write_json(report_dir / SUMMARY_FILE, summary)
-    return DemoResult(comparison, card, report_dir, cluster.dashboard_url, wall_s, summary)
+    return DemoResult(comparison, report_dir, cluster.dashboard_url, wall_s, summary)
 
 
 def _chosen_gate(run: TrainingRun) -> int:

@@ -13,11 +13,13 @@ from fieldkit.gym.grader import grade
 from fieldkit.gym.records import Episode, WorkspaceSnapshot
 from fieldkit.gym.task import Task
 from fieldkit.reward import episode_reward
+from services.logs import capture_actor_output
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)  # stateless: a retried call gives the same answer
 class Grader:
     def __init__(self, cfg: RunConfig) -> None:
+        capture_actor_output("grader")
         self.reward_kind = cfg.algorithm.reward
         self.max_turns = cfg.rollout.max_turns
 

@@ -19,6 +19,7 @@ from fieldkit.rl.records import TrainBatch
 from fieldkit.runs import RunDir
 from fieldkit.training.records import AdapterRef
 from fieldkit.training.sft import SftExample
+from services.logs import capture_actor_output
 
 MAX_RESTARTS = 3  # a learner that dies at every start (a checkpoint that no longer fits) must not restart forever
 
@@ -28,6 +29,7 @@ class Learner:
     def __init__(self, config: RunConfig) -> None:
         from fieldkit.training.trainer import LoraPolicyTrainer
 
+        capture_actor_output("learner")
         self._trainer = LoraPolicyTrainer(config)  # starts from model.init_adapter when set
         # A first start leaves resuming to the driver, which picks a checkpoint it can read; a restart returns to
         # the one the driver last marked as latest (before its first checkpoint: the start, as on a first start).

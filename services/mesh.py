@@ -2,7 +2,8 @@
 
 `run_episodes` spreads episode specs over the rollout workers and shows progress (`submit_episodes` and
 `collect_episodes` are its two halves, for the pipelined driver); the driver, the validation gate and the demo all go
-through it, so every episode anywhere is produced the same way.
+through it, so every episode anywhere is produced the same way. Starting the mesh shows progress too: the
+tiny-agent's pretraining when its model is not built yet (minutes), then each actor group as it comes up.
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import ray
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from fieldkit.config import RunConfig
 from fieldkit.gym.records import Episode
 from fieldkit.gym.task import Task
+from fieldkit.progress import Phase
 from services.grader import Grader
 from services.learner import start_learner
 from services.policy.server import start_policy_server
@@ -45,10 +46,16 @@ def start_mesh(cfg: RunConfig) -> Mesh:
     """Every actor of the run, started and warmed up (the learner from `model.init_adapter` when set)."""
     from fieldkit.training.lora_model import resolve_model_path
 
-    model_dir = str(resolve_model_path(cfg.model, cfg.paths.models_dir))
-    learner = start_learner(cfg)
-    policy = start_policy_server(cfg)
-    pools = start_pools(cfg.sandbox)
+    with Phase(f"pretraining {cfg.model.name_or_path} (once: it is cached in {cfg.paths.models_dir})") as pretraining:
+        model_dir = str(resolve_model_path(cfg.model, cfg.paths.models_dir, pretraining))
+    with Phase("starting the mesh: learner, policy server (its engine), sandbox pools") as starting:
+        starting(0, 3)
+        learner = start_learner(cfg)
+        starting(1, 3)
+        policy = start_policy_server(cfg)
+        starting(2, 3)
+        pools = start_pools(cfg.sandbox)
+        starting(3, 3)
     grader = Grader.remote(cfg)  # type: ignore[attr-defined]
     workers = [
         RolloutWorker.remote(cfg, model_dir, policy, grader)  # type: ignore[attr-defined]
@@ -82,17 +89,17 @@ def submit_episodes(mesh: Mesh, specs: Sequence[EpisodeSpec]) -> list[Any]:
 
 
 def collect_episodes(refs: Sequence[Any], label: str) -> list[Episode]:
-    """Wait for submitted episodes with a live progress bar; spec order is kept."""
+    """Wait for submitted episodes with a live progress bar (gone when done: the caller prints what came of them);
+    spec order is kept."""
     pending = {ref: i for i, ref in enumerate(refs)}
     results: list[Episode | None] = [None] * len(refs)
-    columns = [TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
-    with Progress(*columns, transient=True) as progress:
-        bar = progress.add_task(label, total=len(refs))
+    with Phase(label, transient=True) as progress:
+        progress(0, len(refs))
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
                 results[pending.pop(ref)] = ray.get(ref)
-                progress.advance(bar)
+            progress(len(refs) - len(pending), len(refs))
     return [e for e in results if e is not None]
 
 

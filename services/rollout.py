@@ -29,6 +29,7 @@ from fieldkit.gym.records import Episode, ExecResult, StopReason, Turn, Workspac
 from fieldkit.gym.task import Task
 from fieldkit.rl.a2tgpo import information_gain
 from fieldkit.rl.tds import should_regenerate, turn_entropy
+from services.logs import capture_actor_output
 
 MAX_CONSECUTIVE_PARSE_ERRORS = 3  # a policy that misses the protocol three times running will not recover
 SANDBOX_ATTEMPTS = 2  # a sandbox dying under an episode is an accident; twice in a row is a fault to report
@@ -224,6 +225,7 @@ class RolloutWorker:
 
         from services.sandbox_pool import pool_on_this_node
 
+        capture_actor_output("rollout")
         self.cfg = cfg
         self.policy = policy
         self.pool = pool_on_this_node()  # sandboxes live on the node whose worker drives them

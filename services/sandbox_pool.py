@@ -26,6 +26,7 @@ from pydantic import BaseModel
 from fieldkit.config import SandboxConfig
 from fieldkit.gym.records import ExecResult, WorkspaceSeed, WorkspaceSnapshot
 from sandbox import Sandbox, SandboxLimits, create_sandbox, reap_stale, resolve_backend
+from services.logs import capture_actor_output
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ class Lease:
 @ray.remote(num_cpus=0)
 class SandboxPool:
     def __init__(self, cfg: SandboxConfig) -> None:
+        capture_actor_output("sandbox-pool")
         self.cfg = cfg
         self.limits = SandboxLimits.from_config(cfg)
         self.backend = resolve_backend(cfg.backend)

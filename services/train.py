@@ -31,7 +31,7 @@ from typing import Any
 
 import ray
 import yaml
-from rich.console import Console
+from rich import get_console
 
 from fieldkit.config import ConfigError, RunConfig
 from fieldkit.eval import task_floors, trial_metrics
@@ -40,15 +40,17 @@ from fieldkit.gym.records import Episode
 from fieldkit.gym.task import Task
 from fieldkit.lineage import LineageStore, Trial
 from fieldkit.lineage.provenance import capture_provenance
+from fieldkit.progress import Phase
 from fieldkit.rl.batch import build_train_batch
 from fieldkit.runs import RunDir, atomic_write_bytes, atomic_write_json, atomic_write_jsonl, read_episodes, sample_tasks
 from fieldkit.training.records import AdapterRef
 from services.cluster import connect
+from services.logs import console_says_where, quiet_driver
 from services.mesh import Mesh, collect_episodes, episode_specs, run_episodes, start_mesh, submit_episodes
 from services.rollout import EpisodeSpec
 from services.serve.adapters import REF_FILE
 
-console = Console()
+console = get_console()  # rich's one stdout console, shared with the progress bars
 # Checkpoints are chosen on the validation mean reward: the objective the run trains, at evaluation temperature, on
 # tasks it never trains on. Per-assertion alone ties when RL changes how an agent finishes but not what it gets
 # right (the demo's tiny agent learns to stop; per-assertion stays put), and ties went to the SFT adapter, which
@@ -210,13 +212,18 @@ class TrainingRun:
         t0 = time.perf_counter()
         tasks = [self.tasks[i] for i in self.train_ids]
         runner = oracle_runner(self.cfg.sandbox.backend, self.cfg.rollout.command_timeout_s)
-        runs = [runner(task.workspace_seed, task.reference_solution) for task in tasks]
+        runs = []
+        with Phase("oracle transcripts for SFT", transient=True) as progress:
+            for task in tasks:
+                runs.append(runner(task.workspace_seed, task.reference_solution))
+                progress(len(runs), len(tasks))
         chats = [oracle_transcript(t, r, with_stop=self.cfg.sft.with_stop) for t, r in zip(tasks, runs, strict=True)]
         tokenizer = AutoTokenizer.from_pretrained(self.mesh.model_dir)
         metrics = ray.get(self.mesh.learner.warm_start.remote(examples_from_chats(tokenizer, chats)))
         console.print(
             f"SFT warm start on {len(chats)} oracle transcripts: loss {metrics['sft_loss_first']:.3f} -> "
-            f"{metrics['sft_loss_last']:.3f} in {time.perf_counter() - t0:.0f}s"
+            f"{metrics['sft_loss_last']:.3f} in {time.perf_counter() - t0:.0f}s",
+            soft_wrap=True,
         )
         walls = {"sft_s": time.perf_counter() - t0}
         self._record("sft", None, "sft", "keep", 0, ("sft_loss_last", "min"), metrics, walls)
@@ -268,7 +275,8 @@ class TrainingRun:
             f"pass {m.get('validation.task_pass', 0):.1%}, per-assertion {m.get('validation.per_assertion', 0):.1%}, "
             f"task_complete {m.get('validation.task_complete', 0):.1%}, "
             f"turns {m.get('validation.mean_turns', 0):.2f}, failed {m['validation.failed']:.0f}"
-            + ("  (best)" if is_best else "")
+            + ("  (best)" if is_best else ""),
+            soft_wrap=True,  # one line, however narrow the terminal (or a job log's 80 columns)
         )
 
     def _copy_best(self, adapter_dir: Path) -> None:
@@ -327,7 +335,8 @@ class TrainingRun:
             f"step {step}/{self.cfg.max_steps}: reward {m['train.reward']:.3f}, "
             f"task_complete {m.get('train.task_complete', 0):.0%}, turns {m.get('train.mean_turns', 0):.2f}, "
             f"KL {m.get('learner.kl', 0.0):.4f}, failed {m['train.failed']:.0f} | "
-            + ", ".join(f"{k[5:]} {v:.1f}s" for k, v in m.items() if k.startswith("wall."))
+            + ", ".join(f"{k[5:]} {v:.1f}s" for k, v in m.items() if k.startswith("wall.")),
+            soft_wrap=True,
         )
 
 
@@ -361,20 +370,34 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m services.train", description=__doc__.split("\n")[0])
     parser.add_argument("--config", required=True, type=Path, help="a RunConfig YAML (deploy/configs/)")
     parser.add_argument("--resume", action="store_true", help="continue after the run's last checkpoint")
+    parser.add_argument(
+        "--verbose", action="store_true", help="Ray's, vLLM's and the actors' logs here, not in runs/<run>/logs/"
+    )
     args = parser.parse_args(argv)
     try:
         cfg = RunConfig.from_yaml(args.config)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
-    connect(cfg.resources.ray_address)
+    log_dir = None if args.verbose else quiet_driver(cfg.run_dir / "logs")
+    cluster = connect(cfg.resources.ray_address, log_dir=log_dir)
+    if log_dir is not None:
+        console_says_where(log_dir, cluster.dashboard_url)
     tasks, split = load_corpus(cfg.paths.corpus_dir)
     mesh = start_mesh(cfg)
     run = TrainingRun(cfg, mesh, {t.task_id: t for t in tasks}, split.train, split.validation)
     signal.signal(signal.SIGTERM, lambda *_: setattr(run, "stop_requested", True))
-    outcome = run.run(run.start(args.resume))
+    try:
+        first_step = run.start(args.resume)
+    except SystemExit as exc:  # a refusal (the run exists, no checkpoint loads): quiet, stderr is the log
+        if log_dir is not None:
+            console.print(str(exc.code), markup=False, highlight=False, soft_wrap=True)
+        raise
+    outcome = run.run(first_step)
     console.print(f"[bold green]{cfg.run_name}: {outcome}[/bold green]")
-    console.print(run.lineage.card(cfg.run_name))
+    card = cfg.run_dir / "card.md"
+    atomic_write_bytes(card, run.lineage.card(cfg.run_name).encode())
+    console.print(f"lineage card: {card}", markup=False, highlight=False, soft_wrap=True)
     return 0
 
 

@@ -53,8 +53,11 @@ def test_a_tiny_model_with_a_prior_is_built_cached_and_recorded(tmp_path: Path) 
     from fieldkit.tiny_model import TinyModelSpec, build_tiny_model
 
     spec = TinyModelSpec(prior_steps=6, prior_batch_size=2)
-    built = build_tiny_model(tmp_path, spec)
+    reported: list[tuple[int, int]] = []
+    built = build_tiny_model(tmp_path, spec, lambda done, total: reported.append((done, total)))
     assert built.name == spec.key() != TinyModelSpec().key()
+    assert reported == [(step, 6) for step in range(1, 7)]  # each optimizer step, as it finishes
     record = json.loads((built / "fieldkit_spec.json").read_text())
     assert record["prior_steps"] == 6 and record["prior_loss"]["last"] < record["prior_loss"]["first"]
-    assert build_tiny_model(tmp_path, spec) == built  # cached: a second call does not train again
+    assert build_tiny_model(tmp_path, spec, lambda *_: reported.append((-1, -1))) == built  # cached: no training
+    assert len(reported) == 6

@@ -100,6 +100,11 @@ def test_ray_job_submit_runs_the_driver(tiny_model_dir, tmp_path: Path, head_clu
     assert "succeeded" in status.stdout.lower()
     logs = subprocess.run([ray_cli, "job", "logs", *address, job_id], env=env, capture_output=True, text=True)
     assert "job: finished 1 steps" in logs.stdout
+    # the job's log reads like a console: where the logs went, a line per step, no engine dump (that is in its file)
+    log_dir = tmp_path / "runs" / "job" / "logs"
+    assert f"logs (Ray, vLLM, the actors): {log_dir}/" in logs.stdout
+    assert "step 1/1:" in logs.stdout and "Initializing a V1 LLM engine" not in logs.stdout
+    assert "Initializing a V1 LLM engine" in "".join(log.read_text() for log in log_dir.glob("policy-*.log"))
     assert RunDir(tmp_path / "runs" / "job").step_episodes(1).exists()
 
 

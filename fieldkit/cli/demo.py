@@ -35,6 +35,9 @@ def demo(
     readme: Annotated[
         Path | None, typer.Option(help="then render these runs' tables into this README's demo section")
     ] = None,
+    verbose: Annotated[
+        bool, typer.Option(help="Ray's, vLLM's and the actors' logs here, not in runs/<run>/logs/")
+    ] = False,
 ) -> None:
     """Train an agent on embedded defaults; show base / SFT / RL on test tasks (see README: the demo)."""
     if smoke:
@@ -53,12 +56,12 @@ def demo(
         build(out=cfg.paths.corpus_dir)
     summaries = []
     for seed in parse_seeds(seeds) if seeds is not None else [cfg.seed]:
-        result = run_demo(cfg.model_copy(update={"seed": seed}), full_test=full_test)
+        result = run_demo(cfg.model_copy(update={"seed": seed}), full_test=full_test, quiet=not verbose)
         console.print(headline_table(result.comparison))
-        console.print(result.card)
         console.print(
-            f"seed {seed}: report {result.report_dir}  |  Ray dashboard: {result.dashboard_url}  |  "
-            f"took {result.wall_s / 60:.1f} min"
+            f"seed {seed}: report and lineage card {result.report_dir}  |  Ray dashboard: {result.dashboard_url}  |  "
+            f"took {result.wall_s / 60:.1f} min",
+            soft_wrap=True,
         )
         summaries.append(result.summary)
     if readme is not None:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from fieldkit.cli.console import console
+from fieldkit.cli.console import console, err_console
 
 app = typer.Typer(help="Build the models the project makes itself.", no_args_is_help=True)
 
@@ -19,11 +19,12 @@ def tiny(
     agent: Annotated[bool, typer.Option(help="the tiny-agent model: pretrained on the agent protocol")] = False,
 ) -> None:
     """Build (or find cached) the tiny Qwen2 test model and print its directory."""
+    from fieldkit.progress import Phase
     from fieldkit.tiny_model import TinyModelSpec, build_tiny_model, tiny_agent_spec
 
     spec = tiny_agent_spec(seed) if agent else TinyModelSpec(seed=seed)
-    with console.status("building the tiny-agent model (a few minutes)" if agent else "building the tiny model"):
-        path = build_tiny_model(models_dir, spec)
+    with Phase("pretraining tiny-agent", console=err_console) as progress:  # stderr: stdout is the path alone
+        path = build_tiny_model(models_dir, spec, progress)
     print(path)
 
 

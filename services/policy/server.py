@@ -39,6 +39,7 @@ from fieldkit.generation import (
 from fieldkit.runs import atomic_write_json
 from fieldkit.training.probe import check_probe
 from fieldkit.training.records import AdapterRef
+from services.logs import capture_actor_output
 from services.policy.adapters import AdapterRegistry, ServingVersion, inspect_adapter_dir
 from services.policy.engine import create_engine
 from services.policy.stats import ServerStats
@@ -59,6 +60,7 @@ class PolicyServer:
         self, model_dir: str, model: ModelConfig, lora: LoraConfig, gpu_fraction: float = 0.0,
         record_dir: str | None = None,
     ) -> None:  # fmt: skip
+        capture_actor_output("policy")  # before the engine starts: its processes inherit the descriptors
         self._model = model
         self._lora = lora
         self._engine = create_engine(model_dir, model, lora, gpu_fraction)
