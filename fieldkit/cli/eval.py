@@ -1,8 +1,10 @@
-"""`fieldkit eval report`: compare policies on the same tasks from their episode files; write the report."""
+"""`fieldkit eval report|readme`: compare policies on the same tasks from their episode files and write the report;
+render the README's demo table from runs' report files."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -13,6 +15,7 @@ from fieldkit.cli.console import console, err_console
 
 if TYPE_CHECKING:
     from fieldkit.eval import Comparison
+    from fieldkit.gym.records import Episode
 
 app = typer.Typer(help="Evaluate and compare policies from their episode records.", no_args_is_help=True)
 
@@ -49,7 +52,7 @@ def headline_table(comparison: Comparison) -> object:
     return table
 
 
-def check_split_membership(episodes: dict, corpus: Path, split: str) -> None:
+def check_split_membership(episodes: Mapping[str, Sequence[Episode]], corpus: Path, split: str) -> None:
     """Refuse episodes of tasks outside `split` of corpus/split.json: a table must say which split it reports."""
     from fieldkit.eval import EvalInputError
     from fieldkit.eval.inputs import name_ids
