@@ -32,6 +32,7 @@ def run_smoke(prompt: str = "List the files.", max_tokens: int = 16, config: Run
         ref = build_random_adapter(model_dir, config.run_dir / "smoke-adapter", name="smoke", version=1)
         loaded = ray.get(server.load_adapter.remote(ref))
         adapted = ray.get(server.generate.remote(request.model_copy(update={"adapter": "smoke"})))
+        dtype = ray.get(server.health.remote()).dtype
         ray.get(server.shutdown.remote())
     finally:
         ray.kill(server)
@@ -39,5 +40,6 @@ def run_smoke(prompt: str = "List the files.", max_tokens: int = 16, config: Run
     result["adapter_generation"] = adapted.model_dump(include={"token_ids", "text", "adapter", "adapter_version"})
     result["dashboard_url"] = cluster.dashboard_url
     result["model_dir"] = model_dir
+    result["dtype"] = dtype
     result["wall_s"] = round(time.perf_counter() - started, 1)
     return result

@@ -20,6 +20,7 @@ mixes two): one version stale, and the loss's importance ratios use the log-prob
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import signal
@@ -71,7 +72,7 @@ class TrainingRun:
         self.floors = task_floors(tasks[i] for i in self.validation)
         self.dir = RunDir(cfg.run_dir)
         self.lineage = LineageStore(cfg.paths.lineage_db)
-        self.provenance = capture_provenance()
+        self.provenance = capture_provenance(config=cfg)  # the machine too: the doctor's report, cheap (no probes)
         self.adapter: AdapterRef | None = None
         self.served_version = -1  # what the policy server reported serving after the last load
         self.best_metric: float | None = None
@@ -87,6 +88,7 @@ class TrainingRun:
         if self.dir.latest.exists():
             raise SystemExit(f"{self.dir.root} already holds a run: pass --resume, or choose another run_name")
         atomic_write_bytes(self.dir.root / "config.yaml", yaml.safe_dump(self.cfg.model_dump(mode="json")).encode())
+        atomic_write_json(self.dir.root / "provenance.json", dataclasses.asdict(self.provenance))
         if self.cfg.sft.warm_start:
             self._warm_start()
         self._publish(0)

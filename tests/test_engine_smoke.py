@@ -7,6 +7,8 @@ import math
 
 import pytest
 
+from fieldkit.config import RunConfig
+
 pytestmark = [pytest.mark.engine, pytest.mark.ray]
 
 
@@ -30,3 +32,5 @@ def test_vllm_cpu_engine_generates_token_ids_and_logprobs(tiny_model_dir) -> Non
     assert load["version"] == 1 and load["probe"]["passed"] and load["probe"]["distinguishable_from_base"]
     assert result["adapter_generation"]["adapter_version"] == 1
     assert result["adapter_generation"]["token_ids"]
+    # the default config's dtype (auto) served LoRA: float32 on this CPU engine, whatever the CPU's ISA
+    assert result["dtype"] == RunConfig().engine_dtype == "float32"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from fieldkit.cli import config, dashboard, demo, eval, gym, lineage, model, plan, sandbox, serve
+from fieldkit.cli import config, dashboard, demo, doctor, eval, gym, lineage, model, plan, sandbox, serve
 
 app = typer.Typer(
     help="fieldkit-mesh: agentic RL fine-tuning with LoRA on one GPU box, scaled out on Ray.",
@@ -26,3 +26,4 @@ app.command("demo")(demo.demo)
 app.command("plan")(plan.plan)
 app.command("serve")(serve.serve)
 app.command("dashboard")(dashboard.dashboard)
+app.command("doctor")(doctor.doctor)

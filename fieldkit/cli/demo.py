@@ -40,9 +40,13 @@ def demo(
     ] = False,
 ) -> None:
     """Train an agent on embedded defaults; show base / SFT / RL on test tasks (see README: the demo)."""
+    from fieldkit.cli.doctor import preflight
+
     if smoke:
+        from fieldkit.config import RunConfig
         from services.smoke import run_smoke
 
+        preflight(RunConfig.model_validate({}), "defaults")  # what run_smoke runs
         with console.status("starting Ray and the vLLM CPU engine"):
             console.print_json(data=run_smoke())
         return
@@ -52,6 +56,7 @@ def demo(
     from services.demo import run_demo
 
     cfg = load_config(config)
+    preflight(cfg, str(config))  # stops here, with the advice, when this machine lacks what the run needs
     if not (cfg.paths.corpus_dir / "tasks.jsonl").exists():
         build(out=cfg.paths.corpus_dir)
     summaries = []

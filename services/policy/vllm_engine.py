@@ -7,17 +7,34 @@ generate call kills the engine core, so the server only ever generates with ids 
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from typing import Any
 
 from fieldkit.generation import GenerateRequest, GenerateResult, PolicyError
 from services.policy.engine import Engine, EngineLora
+from services.policy.engine_start import StartLog, check_cpu_dtype, check_model_dir, start_failure
 
 
 class VllmEngine(Engine):
     _llm: Any = None
 
     async def start(self) -> None:
+        """Start and warm up; any failure is one EngineStartError naming the cause and the fix (module
+        services.policy.engine_start), predicted before vLLM starts where it is certain."""
+        check_model_dir(self.model_dir)
+        if self.gpu_fraction == 0:
+            check_cpu_dtype(self.dtype)
+        log = StartLog()
+        try:
+            await self._start()
+        except Exception as exc:
+            with contextlib.suppress(Exception):  # stop what the failed start left running, without hiding why
+                await self.shutdown()
+            on_gpu = self.gpu_fraction > 0
+            raise start_failure(exc, model_dir=self.model_dir, dtype=self.dtype, on_gpu=on_gpu, log=log) from None
+
+    async def _start(self) -> None:
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
