@@ -62,7 +62,10 @@ def head_cluster():
     temp_dir = tempfile.mkdtemp(prefix="rayhead")  # short: Ray's socket paths live under it
     ensure_auth_token()
     command = ["start", "--head", f"--port={gcs_port}", "--dashboard-host=127.0.0.1", f"--temp-dir={temp_dir}"]
-    command += [f"--dashboard-port={dashboard_port}", "--num-cpus=4", "--disable-usage-stats"]
+    # the job agent's HTTP port too: its default (52365) is often held by another cluster on this machine, and an
+    # agent that cannot bind it stays up without HTTP, so every submission answers "No available agent"
+    command += [f"--dashboard-port={dashboard_port}", f"--dashboard-agent-listen-port={free_port()}"]
+    command += ["--num-cpus=4", "--disable-usage-stats"]
     started = subprocess.run([Path(sys.executable).parent / "ray", *command], env=client_env(), capture_output=True)
     try:
         assert started.returncode == 0, started.stdout.decode() + started.stderr.decode()
@@ -77,18 +80,39 @@ def head_cluster():
 def submit_job(
     address: str, working_dir: Path, entrypoint: list[str], timeout: float
 ) -> subprocess.CompletedProcess[str]:
-    """`ray job submit` as the README says. A head that has just started may not have its job agent yet (Ray
-    answers 500 "No available agent ... try again later"): that answer alone is retried, for up to a minute."""
+    """`ray job submit` as the README says, once the head's job agent answers (`wait_for_job_agent`)."""
     from services.cluster import client_env
 
+    wait_for_job_agent(address)
     command = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", address]
     command += ["--working-dir", str(working_dir), "--", *entrypoint]
-    deadline = time.monotonic() + 60
-    while True:
-        done = subprocess.run(command, env=client_env(), capture_output=True, text=True, timeout=timeout)
-        if "No available agent" not in done.stdout + done.stderr or time.monotonic() > deadline:
-            return done
-        time.sleep(3)
+    return subprocess.run(command, env=client_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def wait_for_job_agent(address: str, timeout: float = 120.0) -> None:
+    """Wait until the head node's dashboard agent is registered and answers, which is what a job submission needs
+    (until then Ray answers 500 "No available agent to submit job"). Asked through the dashboard's own API on
+    127.0.0.1: the head node's id, then the agent's list of log files on that node."""
+    import httpx
+
+    from services.cluster import AUTH_TOKEN_PATH
+
+    token = os.environ.get("RAY_AUTH_TOKEN") or AUTH_TOKEN_PATH.read_text().strip()
+    headers = {"Authorization": f"Bearer {token}"}
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            nodes = httpx.get(f"{address}/api/v0/nodes", headers=headers, timeout=10).json()["data"]["result"]
+            head = next(node["node_id"] for node in nodes["result"] if node["is_head_node"])
+            answer = httpx.get(f"{address}/api/v0/logs", params={"node_id": head}, headers=headers, timeout=10)
+            if answer.status_code == 200 and answer.json()["result"]:
+                return
+            last = f"HTTP {answer.status_code}: {answer.text[:300]}"
+        except (httpx.HTTPError, KeyError, StopIteration, ValueError) as exc:
+            last = f"{type(exc).__name__}: {exc}"
+        time.sleep(2)
+    raise AssertionError(f"the job agent of {address} did not answer within {timeout:.0f} s; last: {last}")
 
 
 def write_run_config(
