@@ -8,6 +8,8 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -74,6 +76,49 @@ def test_bf16_lora_crash_is_predicted_from_the_cpu_flags_only() -> None:
     assert problem is not None
     assert "SIGILL" in problem and "AVX512-BF16/AMX" in problem and "Intel Xeon Platinum 8480+" in problem
     assert "set model.dtype: float32 or auto" in problem
+
+
+# Lines as vLLM 0.32's processes write them to the actor's log (recorded from real failures on this machine)
+KILLED_BY_SIGKILL = (
+    "(EngineCore pid=7) ERROR 12-04 20:57:48 [multiproc_executor.py:315] "
+    "Worker proc VllmWorker-0 died unexpectedly (exit code: -9), shutting down executor."
+)
+KILLED_BY_SIGILL = KILLED_BY_SIGKILL.replace("exit code: -9", "exit code: -4")
+NO_WEIGHTS = (
+    "(Worker pid=8) ERROR 12-04 20:35:05 [multiproc_executor.py:953] "
+    "RuntimeError: Cannot find any model weights with `/tmp/m`"
+)
+
+
+@pytest.mark.parametrize(
+    ("logged", "expected"),
+    [
+        (KILLED_BY_SIGKILL, ["killed by SIGKILL", "OOM killer", "VLLM_CPU_KVCACHE_SPACE"]),
+        (KILLED_BY_SIGILL, ["killed by SIGILL", "an instruction this CPU lacks"]),
+        (NO_WEIGHTS, ["RuntimeError: Cannot find any model weights with `/tmp/m`", "vLLM raised EngineDeadError"]),
+    ],
+    ids=["sigkill", "sigill-in-float32", "worker-exception"],
+)
+def test_the_diagnosis_reads_what_vllm_wrote_to_the_process_log(
+    tmp_path: Path, logged: str, expected: list[str]
+) -> None:
+    """A process whose stdout is a file (as a Ray actor's is): what vLLM writes there after the start names the
+    cause. float32, so no CPU's ISA changes the answer."""
+    script = (
+        "import sys\n"
+        "from services.policy.engine_start import StartLog, start_failure\n"
+        "log = StartLog()\n"
+        f"print({logged!r}, flush=True)\n"
+        "EngineDeadError = type('EngineDeadError', (Exception,), {})\n"
+        "error = start_failure(EngineDeadError('dead'), model_dir='/tmp/m', dtype='float32', on_gpu=False, log=log)\n"
+        "sys.stderr.write(str(error))\n"
+    )
+    out = tmp_path / "actor.out"
+    with out.open("w") as stdout:
+        done = subprocess.run([sys.executable, "-c", script], stdout=stdout, stderr=subprocess.PIPE, text=True)
+    assert done.returncode == 0, done.stderr
+    for part in [*expected, f"vLLM's log: {out}"]:
+        assert part in done.stderr, done.stderr
 
 
 @pytest.mark.parametrize(

@@ -141,7 +141,9 @@ def start_failure(exc: Exception, *, model_dir: str, dtype: str, on_gpu: bool, l
     if cause is not None:
         message = f"{head}: {cause} (vLLM raised {said})"
     elif death is not None or type(exc).__name__ == "EngineDeadError":
-        how = f"was killed by {death}" if death else "died without a Python error, so a signal killed it"
+        how = "died without a Python error, so a signal killed it"
+        if death:
+            how = f"was killed by {death}" if death.startswith(("SIG", "signal")) else f"ended with {death}"
         message = f"{head}: a vLLM worker process {how} ({said}). {_signal_hint(death, dtype, on_gpu, cpu)}"
     else:
         message = f"{head}: {said}"
@@ -160,6 +162,8 @@ def _signal_hint(death: str | None, dtype: str, on_gpu: bool, cpu: Cpu) -> str:
         return "SIGILL: the vLLM build uses an instruction this CPU lacks; install the build made for this CPU"
     if death == "SIGKILL":
         return f"SIGKILL is what the kernel's OOM killer sends (`dmesg` says): {_memory_hint(on_gpu)}"
+    if death and death.startswith("exit code"):
+        return "Its own log says why"
     return f"If the kernel's OOM killer sent it (`dmesg` says): {_memory_hint(on_gpu)}"
 
 
