@@ -19,11 +19,12 @@ from typing import Any
 
 import ray
 
+from fieldkit.machine import RAY_TOKEN_PATH
 from services.logs import LOG_DIR_ENV
 
 DASHBOARD_HOST = "127.0.0.1"
 DASHBOARD_PORT = 8265
-AUTH_TOKEN_PATH = Path.home() / ".ray" / "auth_token"
+AUTH_TOKEN_PATH = RAY_TOKEN_PATH  # one place says where Ray keeps the token (fieldkit.machine; the doctor reads it too)
 
 
 @dataclass(frozen=True)
