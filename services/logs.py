@@ -9,8 +9,9 @@ Quiet (the default of `fieldkit demo` and `python -m services.train`; `--verbose
   write to the streams. The directory reaches the actors as $FIELDKIT_LOG_DIR, set job-wide by `connect` (a
   runtime_env that Ray merges with the job's own under `ray job submit`), so no actor signature carries it.
 - The driver (`quiet_driver`) sends its file descriptor 2, and with it sys.stderr, to `logs/driver.log`: Ray's log
-  lines, its core worker's C++ errors, Python warnings, library progress bars, whoever imported them first. What a
-  person reads goes to stdout (the rich console); an uncaught exception's traceback goes to the console as well.
+  lines, its core worker's C++ errors, Python warnings, library progress bars, whichever stream object their
+  handlers hold. What a person reads goes to stdout (the rich console); an uncaught exception's traceback goes to
+  the console as well.
 Ray keeps its own session logs too (/tmp/ray/session_*/logs): they also hold what an actor printed before its
 `__init__` ran (import-time warnings). Files under the run were chosen over linking those: they hold every job of
 the cluster under worker ids, and they are not kept with the run.
