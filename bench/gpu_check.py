@@ -114,8 +114,8 @@ def train(config: RunConfig, device: str, batch: Any, adapter_dir: Path) -> tupl
     start = time.perf_counter()
     trainer = LoraPolicyTrainer(config, device=device)
     load_s = time.perf_counter() - start
-    first = trainer.step(batch)
-    second = trainer.step(batch)
+    first = trainer.step(batch, 1)
+    second = trainer.step(batch, 2)
     figures = {
         "learner_load_s": load_s,
         "first_step_s": first["step_s"],
@@ -129,7 +129,7 @@ def train(config: RunConfig, device: str, batch: Any, adapter_dir: Path) -> tupl
         figures["peak_gb"] = (torch.cuda.max_memory_allocated() - before) / 1e9
         figures["peak_reserved_gb"] = torch.cuda.max_memory_reserved() / 1e9
     start = time.perf_counter()
-    ref = trainer.publish(1, adapter_dir)
+    ref = trainer.publish(2, adapter_dir)
     figures["publish_s"] = time.perf_counter() - start
     del trainer
     release(device)
@@ -169,7 +169,7 @@ async def serve(config: RunConfig, model_dir: Path, device: str, ref: Any, new_t
     probe = ref.probe
     with_adapter = await engine.score(probe.prompt_token_ids, probe.continuation_token_ids, lora)
     without = await engine.score(probe.prompt_token_ids, probe.continuation_token_ids, None)
-    check = check_probe(probe, with_adapter, without, config.lora.probe_tolerance)
+    check = check_probe(probe, with_adapter, without, config.lora.resolved_probe_tolerance(engine.dtype))
     figures["probe_mean_abs_diff"] = check.mean_abs_diff
     figures["probe_passed"] = float(check.passed)
     figures["lora_tokens_per_s"] = await tokens_per_s(lora)

@@ -84,10 +84,22 @@ class LoraConfig(Section):
     keep_versions: int = Field(
         2, ge=1, description="versions kept per adapter name; in-flight requests finish on theirs"
     )
-    probe_tolerance: float = Field(
-        0.05, gt=0, description="mean |Δ log-prob| per probe token allowed between learner and engine (bf16 noise)"
+    probe_tolerance: float | None = Field(
+        None,
+        gt=0,
+        description=(
+            "mean |Δ log-prob| per probe token allowed between learner and engine; None = by the engine's dtype: "
+            "1e-3 in float32, 0.05 in bf16/fp16 (their rounding noise, with headroom)"
+        ),
     )
     require_probe: bool = Field(True, description="refuse adapter versions published without a probe")
+
+    def resolved_probe_tolerance(self, dtype: str) -> float:
+        """probe_tolerance, or the default for an engine computing in `dtype` (float32 agrees to ~1e-5 nats/token on
+        the tiny model and SmolLM2; bf16 is off by ~1e-3 on the tiny model and 0.056 over SmolLM2's 30 layers)."""
+        if self.probe_tolerance is not None:
+            return self.probe_tolerance
+        return 1e-3 if dtype == "float32" else 0.05
 
     @model_validator(mode="after")
     def _rank_within_engine_max(self) -> LoraConfig:
@@ -98,6 +110,11 @@ class LoraConfig(Section):
 
 # Each algorithm name is a preset of the knobs below, applied to the keys a config leaves out (explicit keys win).
 # The field defaults are the grpo preset. Sources: REFERENCE.md §2-4; the README's "Algorithms" section explains them.
+# Off-policy correction (every preset): π_old is the learner's own log-probs before the update, so the clip measures
+# policy change only; the engine/learner gap (and a pipelined turn's staleness) is an importance weight on top.
+# Token-ratio presets truncate it (TIS); gspo and a2tgpo, whose ratios are sequence/turn means clipped at 3e-4..4e-3,
+# mask a sequence/turn whose mean weight is off by more than is_cap (MIS): their whole point is to drop, not
+# reweight, what left the trust region.
 ALGORITHM_PRESETS: dict[str, dict[str, Any]] = {
     "grpo": {},
     "dr_grpo": {"advantage": "dr_grpo", "aggregation": "seq-mean-token-sum-norm"},
@@ -107,8 +124,9 @@ ALGORITHM_PRESETS: dict[str, dict[str, Any]] = {
         "clip_eps_high": 0.28,
         "drop_zero_signal_groups": True,
     },
-    "gspo": {"loss": "gspo", "kl_beta": 0.0, "clip_eps_low": 3e-4, "clip_eps_high": 4e-4},
-    "t2po": {"advantage": "gigpo_step", "think_cap_tokens": 450, "turn_dynamic_sampling": True},
+    "gspo": {"loss": "gspo", "kl_beta": 0.0, "clip_eps_low": 3e-4, "clip_eps_high": 4e-4, "is_correction": "mis"},
+    # the single-Spark T2PO run z-scored both terms with the population std (REFERENCE.md §3)
+    "t2po": {"advantage": "gigpo_step", "think_cap_tokens": 450, "turn_dynamic_sampling": True, "std": "population"},
     "a2tgpo": {
         "advantage": "a2tgpo",
         "loss": "turn_clip",
@@ -116,6 +134,7 @@ ALGORITHM_PRESETS: dict[str, dict[str, Any]] = {
         "kl_beta": 0.0,
         "clip_eps_low": 3e-3,
         "clip_eps_high": 4e-3,
+        "is_correction": "mis",
     },
 }
 
@@ -140,6 +159,24 @@ class AlgorithmConfig(Section):
     )
     clip_eps_low: float = Field(0.2, gt=0, lt=1, description="lower ratio clip (PPO/GRPO 0.2); preset of name")
     clip_eps_high: float = Field(0.2, gt=0, description="upper ratio clip (DAPO's clip-higher 0.28); preset of name")
+    behaviour_logprobs: Literal["learner", "engine"] = Field(
+        "learner",
+        description=(
+            "π_old of the ratio: the learner's log-probs before the update (the clip measures policy change, as "
+            "verl/prime-rl) or the engine's (the clip also absorbs engine/learner numerics and staleness)"
+        ),
+    )
+    is_correction: Literal["none", "tis", "mis"] = Field(
+        "tis",
+        description=(
+            "engine/learner mismatch weight π_old/π_engine (learner π_old only): truncated at is_cap (TIS) or "
+            "masked outside [1/is_cap, is_cap] (MIS); preset of name"
+        ),
+    )
+    is_cap: float = Field(2.0, gt=1, description="TIS/MIS bound of the mismatch weight (verl's tis_imp_ratio_cap 2)")
+    dual_clip_c: float | None = Field(
+        3.0, gt=1, description="dual-clip bound c·A on negative-advantage losses (dual-clip PPO, verl's clip_ratio_c 3)"
+    )
     std: Literal["unbiased", "population"] = Field(
         "unbiased", description="group std of reward z-scores: unbiased as torch.std in TRL/verl; population as numpy"
     )
@@ -153,7 +190,7 @@ class AlgorithmConfig(Section):
     traj_weight: float = Field(1.0, ge=0, description="T2PO alpha: weight of the trajectory (GRPO) advantage")
     step_weight: float = Field(1.0, ge=0, description="T2PO beta: weight of the per-turn step-success advantage")
     think_cap_tokens: int | None = Field(
-        None, ge=1, description="T2PO's per-turn token cap (450); None = rollout.max_tokens_per_turn; preset of name"
+        None, ge=1, description="T2PO's per-turn token cap (450), min with rollout.max_tokens_per_turn; preset of name"
     )
     turn_dynamic_sampling: bool = Field(
         False, description="T2PO's TDS: regenerate a turn whose entropy barely moved; preset of name"
@@ -185,6 +222,15 @@ class AlgorithmConfig(Section):
             return {**preset, **data}
         return data
 
+    @model_validator(mode="after")
+    def _correction_needs_learner_logprobs(self) -> AlgorithmConfig:
+        if self.is_correction != "none" and self.behaviour_logprobs == "engine":
+            raise ValueError(
+                f"is_correction {self.is_correction!r} weights π_old/π_engine, which is 1 when π_old is the engine's "
+                "(behaviour_logprobs: engine); use behaviour_logprobs: learner, or is_correction: none"
+            )
+        return self
+
 
 class SftConfig(Section):
     learning_rate: float = Field(2e-4, gt=0, description="the reference's LoRA SFT learning rate")
@@ -201,9 +247,11 @@ class RolloutConfig(Section):
     tasks_per_step: int = Field(4, ge=1, description="prompts sampled from the training split per step")
     group_size: int = Field(4, ge=1, description="K rollouts per prompt (the GRPO group)")
     max_turns: int = Field(12, ge=1, description="the reference's turn limit")
-    max_tokens_per_turn: int = Field(256, ge=1, description="generation cap per turn (T2PO's think cap is 450)")
+    max_tokens_per_turn: int = Field(256, ge=1, description="generation cap per turn; T2PO's think cap lowers it")
     temperature: float = Field(1.0, ge=0, description="sampling temperature for training rollouts")
-    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling for training rollouts")
+    top_p: float = Field(
+        1.0, gt=0, le=1, description="nucleus sampling for training rollouts; < 1 the learner cannot reproduce (README)"
+    )
     command_timeout_s: float = Field(10.0, gt=0, description="per-command timeout (exit 124), as in the reference")
     workers: int = Field(2, ge=1, description="RolloutWorker actors")
     max_staleness: int = Field(
@@ -232,6 +280,17 @@ class EvalConfig(Section):
     )
     test_limit: int | None = Field(
         None, ge=1, description="the final table scores a fixed persona-stratified subset of N test tasks (None=all)"
+    )
+
+
+class CheckpointConfig(Section):
+    keep_last: int = Field(
+        3,
+        ge=1,
+        description=(
+            "checkpoints and adapter versions kept (plus the best gate's); older ones are deleted and unloaded from "
+            "the engine. 3: resume can step back past a damaged newest checkpoint"
+        ),
     )
 
 
@@ -289,10 +348,26 @@ class RunConfig(Section):
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     paths: PathsConfig = Field(default_factory=PathsConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
     dashboard: DashboardConfig = Field(default_factory=DashboardConfig)
+
+    @model_validator(mode="after")
+    def _pipelined_versions_kept(self) -> RunConfig:
+        if self.checkpoint.keep_last < 1 + self.rollout.max_staleness:
+            raise ValueError(
+                f"checkpoint.keep_last = {self.checkpoint.keep_last} < 1 + rollout.max_staleness "
+                f"({self.rollout.max_staleness}): a pipelined step's rollouts still use the version before the newest"
+            )
+        return self
+
+    @property
+    def turn_token_limit(self) -> int:
+        """Tokens one turn may sample: rollout.max_tokens_per_turn, capped by T2PO's think cap when set."""
+        cap = self.algorithm.think_cap_tokens
+        return min(cap, self.rollout.max_tokens_per_turn) if cap else self.rollout.max_tokens_per_turn
 
     @property
     def engine_dtype(self) -> Literal["bfloat16", "float16", "float32"]:

@@ -6,6 +6,7 @@ Layout under runs/<run_name>/:
     steps/<step>/metrics.json      the step's metrics, written after the learner step
     gates/<step>/episodes.jsonl    validation gate episodes
     checkpoints/<step>/            adapter + learner state; `state.json` inside is written last
+    adapters/<run>-v<version>/     each published adapter version (the learner writes them; retention prunes them)
     latest.json                    the newest complete checkpoint (written after it is complete)
     best/                          the adapter chosen on validation score only
     test/<policy>/episodes.jsonl   the demo's test-split episodes of base, SFT and the chosen RL adapter
@@ -105,6 +106,10 @@ class RunDir:
     def best(self) -> Path:
         return self.root / "best"
 
+    @property
+    def adapters(self) -> Path:
+        return self.root / "adapters"
+
     def latest_checkpoint(self) -> tuple[int, Path] | None:
         """The newest checkpoint whose state.json exists (a crash mid-save leaves none)."""
         if not self.latest.exists():
@@ -120,6 +125,22 @@ class RunDir:
         root = self.root / "checkpoints"
         found = [(int(path.name), path) for path in root.glob("[0-9]" * 6) if (path / "state.json").exists()]
         return sorted(found, reverse=True)
+
+    def retired(self, keep_last: int, keep_step: int | None) -> tuple[list[Path], list[Path]]:
+        """What retention lets go: (the checkpoints beyond the `keep_last` newest, except step `keep_step`'s; the
+        adapter directories those served and no kept checkpoint serves). An adapter no checkpoint names yet (just
+        published) is never let go."""
+        checkpoints = self.checkpoints()
+        kept = {path for i, (step, path) in enumerate(checkpoints) if i < keep_last or step == keep_step}
+        served: dict[Path, set[str]] = {path: set() for _, path in checkpoints}
+        for path in served:
+            adapter = json.loads((path / "state.json").read_text())["adapter"]
+            if adapter is not None:
+                served[path].add(Path(adapter["path"]).name)
+        keep = set().union(*(served[path] for path in kept))
+        let_go = set().union(*(served[path] for path in served if path not in kept)) - keep
+        retired = [path for _, path in checkpoints if path not in kept]
+        return retired, [self.adapters / name for name in sorted(let_go) if (self.adapters / name).is_dir()]
 
     def mark_latest(self, step: int) -> None:
         atomic_write_json(self.latest, {"step": step, "path": str(self.checkpoint(step))})

@@ -4,7 +4,11 @@ A thin shell around `fieldkit.training.trainer.LoraPolicyTrainer`: the model is 
 for the whole run (the reference reloaded a 15 GB base for 124 s at every step). Calls run one at a time, in order.
 
 A learner whose process dies (OOM, kill -9) is restarted by Ray from the run's latest checkpoint, and the call it
-was in is retried there: a step interrupted half way is recomputed from the state it started from.
+was in is retried there. Every call names the driver step it is for, and the learner refuses one its state does not
+hold (StepMismatchError): the retried `publish(n)` of a learner now back at step n-1 would otherwise publish the
+weights before step n's update as version n. `LearnerSession`, the driver's side, answers such a refusal by
+re-applying what the restart lost (step n's update, or the SFT warm start) and calling again; the update is
+deterministic given the checkpoint and the batch, so the state is the lost one exactly.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from fieldkit.rl.records import TrainBatch
 from fieldkit.runs import RunDir
 from fieldkit.training.records import AdapterRef
 from fieldkit.training.sft import SftExample
+from fieldkit.training.trainer import StepMismatchError
 from services.logs import capture_actor_output
 
 MAX_RESTARTS = 3  # a learner that dies at every start (a checkpoint that no longer fits) must not restart forever
@@ -41,34 +46,83 @@ class Learner:
         if found is not None:
             self._trainer.load_state(found[1] / "learner")
 
-    def step(self, batch: TrainBatch) -> dict[str, float]:
-        """One RL step; metrics: loss, policy_loss, kl, entropy, grad_norm, clip_fraction, weight_delta_l2/max,
-        tokens_per_s and the batch's sizes."""
-        return self._trainer.step(batch)
+    def step(self, batch: TrainBatch, step: int) -> dict[str, float]:
+        """Step `step`'s update (the state must be at step - 1); metrics: loss, policy_loss, kl, entropy, grad_norm,
+        clip_fraction, ratio_mean/min/max, is_masked_frac, mismatch_kl, weight_delta_l2/max, tokens_per_s and the
+        batch's sizes ({} for a batch with nothing to train on)."""
+        return self._trainer.step(batch, step)
 
     def publish(self, version: int) -> AdapterRef:
-        """Write adapter `version` under runs/<run>/adapters/ with its probe; hand the ref to the policy server."""
+        """Write adapter `version` (the state of step `version`) under runs/<run>/adapters/ with its probe."""
         return self._trainer.publish(version)
 
     def warm_start(self, examples: list[SftExample]) -> dict[str, float]:
-        """LoRA SFT before RL; the result becomes the KL reference."""
+        """LoRA SFT before RL; the result is the state of step 0 and the KL reference."""
         return self._trainer.warm_start(examples)
 
-    def steps_done(self) -> int:
-        return self._trainer.steps_done
+    def at_step(self) -> int:
+        return self._trainer.at_step
 
-    def save_state(self, directory: str) -> None:
-        self._trainer.save_state(Path(directory))
+    def save_state(self, directory: str, step: int) -> None:
+        self._trainer.save_state(Path(directory), step)
 
     def load_state(self, directory: str) -> int:
-        """Resume from a checkpoint; returns the number of steps it had done."""
+        """Resume from a checkpoint; returns the step it holds."""
         self._trainer.load_state(Path(directory))
-        return self._trainer.steps_done
+        return self._trainer.at_step
+
+
+class LearnerSession:
+    """The driver's calls to the Learner actor, each for a step; a refusal after a restart is repaired and retried.
+
+    It keeps what it takes to redo the work a restart can lose: the latest step's batch (the restarted learner is at
+    the checkpoint before it) and the SFT examples (before checkpoint 0 a restart starts from scratch).
+    """
+
+    def __init__(self, actor: Any) -> None:
+        self.actor = actor
+        self._update: tuple[int, TrainBatch] | None = None  # the latest step and its batch
+        self._sft: list[SftExample] | None = None
+
+    def warm_start(self, examples: list[SftExample]) -> dict[str, float]:
+        self._sft = examples
+        return ray.get(self.actor.warm_start.remote(examples))
+
+    def step(self, batch: TrainBatch, step: int) -> dict[str, float]:
+        metrics = self._call(step - 1, lambda: self.actor.step.remote(batch, step))
+        self._update = (step, batch)
+        return metrics
+
+    def publish(self, version: int) -> AdapterRef:
+        return self._call(version, lambda: self.actor.publish.remote(version))
+
+    def save_state(self, directory: str, step: int) -> None:
+        self._call(step, lambda: self.actor.save_state.remote(directory, step))
+
+    def load_state(self, directory: str) -> int:
+        return ray.get(self.actor.load_state.remote(directory))
+
+    def _call(self, step: int, submit: Any) -> Any:
+        """ray.get(submit()), which needs the learner at `step`; after a refusal, bring it there and call again."""
+        try:
+            return ray.get(submit())
+        except StepMismatchError:
+            self._redo(step)
+            return ray.get(submit())
+
+    def _redo(self, step: int) -> None:
+        at = ray.get(self.actor.at_step.remote())
+        if self._update is not None and self._update[0] == step and at == step - 1:
+            ray.get(self.actor.step.remote(self._update[1], step))
+        elif step == 0 and at == -1 and self._sft is not None:
+            ray.get(self.actor.warm_start.remote(self._sft))
+        else:
+            raise StepMismatchError(f"the learner is at step {at}; the driver cannot bring it to step {step}")
 
 
 def start_learner(config: RunConfig, *, name: str | None = None) -> Any:
     """Create the Learner actor with the config's GPU share and wait until its model is loaded."""
     gpu_fraction = config.resources.learner_gpu_fraction if config.resources.num_gpus > 0 else 0.0
     learner = Learner.options(name=name, num_gpus=gpu_fraction).remote(config)  # type: ignore[attr-defined]
-    ray.get(learner.steps_done.remote())  # raises here, not at the first step, if the model cannot load
+    ray.get(learner.at_step.remote())  # raises here, not at the first step, if the model cannot load
     return learner

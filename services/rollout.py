@@ -71,9 +71,8 @@ class EpisodeRunner:
         self.generate = generate
         self.score = score
         self.progress = progress
-        algo = cfg.algorithm
-        self.max_tokens = algo.think_cap_tokens or cfg.rollout.max_tokens_per_turn
-        self.info_gain = algo.advantage == "a2tgpo"
+        self.max_tokens = cfg.turn_token_limit
+        self.info_gain = cfg.algorithm.advantage == "a2tgpo"
 
     async def run(self, spec: EpisodeSpec, sandbox: SandboxSession) -> tuple[Episode, WorkspaceSnapshot]:
         started = time.perf_counter()
@@ -105,6 +104,8 @@ class EpisodeRunner:
                 entropy=entropy,
                 regenerations=regenerations,
                 policy_version=result.adapter_version,
+                temperature=spec.temperature,
+                top_p=self.cfg.rollout.top_p,
             )
             turns.append(turn)
             context = [*context, *result.token_ids]

@@ -14,7 +14,12 @@ a crash reuses them, so no episode is lost or run twice. SIGTERM finishes the cu
 
 Pipelined (`rollout.max_staleness: 1`): step n+1's rollouts are started as soon as step n's are collected, so they
 run while the learner trains on step n, on adapter n-1 (each version is its own adapter name, so an episode never
-mixes two): one version stale, and the loss's importance ratios use the log-probs the engine sampled with (clipped).
+mixes two): one version stale; the loss weighs a stale turn by π_learner/π_engine, truncated or masked (TIS/MIS).
+
+Learner calls go through `LearnerSession`: each names its step, and after a learner restart the step's update (or
+the SFT warm start) is applied again before the refused call is retried. Retention keeps the newest
+`checkpoint.keep_last` checkpoints and the best gate's, with the adapter versions they serve; older adapters are
+unloaded from the policy server and deleted.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from fieldkit.rl.batch import build_train_batch
 from fieldkit.runs import RunDir, atomic_write_bytes, atomic_write_json, atomic_write_jsonl, read_episodes, sample_tasks
 from fieldkit.training.records import AdapterRef
 from services.cluster import connect
+from services.learner import LearnerSession
 from services.logs import console_says_where, quiet_driver
 from services.mesh import Mesh, collect_episodes, episode_specs, run_episodes, start_mesh, submit_episodes
 from services.rollout import EpisodeSpec
@@ -76,6 +82,8 @@ class TrainingRun:
         self.adapter: AdapterRef | None = None
         self.served_version = -1  # what the policy server reported serving after the last load
         self.best_metric: float | None = None
+        self.best_step: int | None = None  # the step of the best gate: retention keeps its checkpoint and adapter
+        self.learner = LearnerSession(mesh.learner)
         self.zero_signal: dict[str, bool] = {}  # task id -> its latest group had identical rewards
         self.stop_requested = False
         self.launched: dict[int, list[Any]] = {}  # pipelined: step -> its episodes, started while a step trains
@@ -101,12 +109,13 @@ class TrainingRun:
         for step, path in self.dir.checkpoints():
             try:
                 state = json.loads((path / "state.json").read_text())
-                ray.get(self.mesh.learner.load_state.remote(str(path / "learner")))
+                self.learner.load_state(str(path / "learner"))
                 self._load(AdapterRef.model_validate(state["adapter"]))
             except Exception as exc:  # any fault of this checkpoint: its files, the learner's load, the probe
                 console.print(f"[red]checkpoint {path} is unusable, trying the one before[/red]: {exc}")
                 continue
             self.best_metric = state["best_metric"]
+            self.best_step = state.get("best_step")  # absent in checkpoints written before retention
             self.zero_signal = state["zero_signal"]
             self.dir.mark_latest(step)  # a learner restarted later returns here, not to the unusable one
             console.print(f"resumed {self.cfg.run_name} after step {step}: serving adapter v{self.adapter.version}")
@@ -145,10 +154,9 @@ class TrainingRun:
         for group in groups.values():
             self.zero_signal[group[0].task_id] = len({e.reward for e in group}) == 1
         batch = build_train_batch(list(groups.values()), self.cfg.algorithm)
-        learner_metrics: dict[str, float] = {}
-        if batch.sequences and batch.n_assistant_tokens:
-            t0 = time.perf_counter()
-            learner_metrics = ray.get(self.mesh.learner.step.remote(batch))
+        t0 = time.perf_counter()
+        learner_metrics = self.learner.step(batch, step)  # {} for a batch with nothing to train on
+        if learner_metrics:
             walls["train_s"] = time.perf_counter() - t0
             self._publish(step, walls)
         walls["step_s"] = time.perf_counter() - started
@@ -221,7 +229,7 @@ class TrainingRun:
                 progress(len(runs), len(tasks))
         chats = [oracle_transcript(t, r, with_stop=self.cfg.sft.with_stop) for t, r in zip(tasks, runs, strict=True)]
         tokenizer = AutoTokenizer.from_pretrained(self.mesh.model_dir)
-        metrics = ray.get(self.mesh.learner.warm_start.remote(examples_from_chats(tokenizer, chats)))
+        metrics = self.learner.warm_start(examples_from_chats(tokenizer, chats))
         console.print(
             f"SFT warm start on {len(chats)} oracle transcripts: loss {metrics['sft_loss_first']:.3f} -> "
             f"{metrics['sft_loss_last']:.3f} in {time.perf_counter() - t0:.0f}s",
@@ -232,7 +240,7 @@ class TrainingRun:
 
     def _publish(self, version: int, walls: dict[str, float] | None = None) -> None:
         t0 = time.perf_counter()
-        self._load(ray.get(self.mesh.learner.publish.remote(version)))
+        self._load(self.learner.publish(version))
         if walls is not None:
             walls["publish_s"] = time.perf_counter() - t0
 
@@ -267,6 +275,7 @@ class TrainingRun:
             status = "baseline" if step == 0 else ("keep" if is_best else "discard")
         if is_best and self.adapter is not None:
             self.best_metric = score
+            self.best_step = step
             self._copy_best(Path(self.adapter.path))
         parent = f"step-{step:04d}" if step else ("sft" if self.cfg.sft.warm_start else None)
         walls = {"gate_s": time.perf_counter() - t0}
@@ -292,12 +301,25 @@ class TrainingRun:
 
     def _checkpoint(self, step: int) -> None:
         path = self.dir.checkpoint(step)
-        ray.get(self.mesh.learner.save_state.remote(str(path / "learner")))
+        self.learner.save_state(str(path / "learner"), step)
         state = {"step": step, "adapter": self.adapter.model_dump(mode="json") if self.adapter else None}
-        atomic_write_json(
-            path / "state.json", {**state, "best_metric": self.best_metric, "zero_signal": self.zero_signal}
-        )
+        best = {"best_metric": self.best_metric, "best_step": self.best_step}
+        atomic_write_json(path / "state.json", {**state, **best, "zero_signal": self.zero_signal})
         self.dir.mark_latest(step)
+        self._retire()
+
+    def _retire(self) -> None:
+        """Retention (checkpoint.keep_last): adapters no kept checkpoint serves are unloaded from the policy server,
+        then they and the checkpoints let go are deleted, each first renamed out of sight so a crash never leaves
+        half of one under its name."""
+        checkpoints, adapters = self.dir.retired(self.cfg.checkpoint.keep_last, self.best_step)
+        for adapter in adapters:
+            ray.get(self.mesh.policy.unload_adapter.remote(adapter.name))
+        for path in [*adapters, *checkpoints]:
+            hidden = path.with_name(f".{path.name}.retired")
+            shutil.rmtree(hidden, ignore_errors=True)  # left by a crash in an earlier retirement
+            path.rename(hidden)
+            shutil.rmtree(hidden)
 
     def _record(
         self, name: str, parent: str | None, kind: str, status: str, step: int, metric: tuple[str, str], metrics: dict,

@@ -14,6 +14,7 @@ def make_turn(
     prompt: tuple[int, ...] = (1, 2),
     response: tuple[int, ...] = (3, 4),
     logprobs: tuple[float, ...] | None = None,
+    temperature: float = 1.0,
 ) -> Turn:
     """A turn: `exit_code` None runs no command (done or parse error)."""
     return Turn(
@@ -25,6 +26,7 @@ def make_turn(
         action=Action(kind=kind, command="ls" if kind == "command" else None),  # type: ignore[arg-type]
         exec_result=ExecResult(exit_code=exit_code) if exit_code is not None else None,
         info_gain=info_gain,
+        temperature=temperature,
     )
 
 

@@ -65,6 +65,33 @@ def test_cross_field_rules_name_the_section() -> None:
     assert "> 1" in gpu
 
 
+def test_off_policy_knobs_per_preset_and_their_cross_field_rules() -> None:
+    grpo, gspo, a2tgpo = (RunConfig.from_yaml_text(f"algorithm:\n  name: {n}\n").algorithm for n in
+                          ("grpo", "gspo", "a2tgpo"))  # fmt: skip
+    assert (grpo.behaviour_logprobs, grpo.is_correction, grpo.is_cap, grpo.dual_clip_c) == ("learner", "tis", 2.0, 3.0)
+    assert gspo.is_correction == a2tgpo.is_correction == "mis"
+    (line,) = problems("algorithm:\n  behaviour_logprobs: engine\n")
+    assert line.startswith("algorithm = ") and "is_correction: none" in line
+    engine = RunConfig.from_yaml_text("algorithm:\n  behaviour_logprobs: engine\n  is_correction: none\n")
+    assert engine.algorithm.behaviour_logprobs == "engine"
+    (kept,) = problems("rollout:\n  max_staleness: 1\ncheckpoint:\n  keep_last: 1\n")
+    assert "checkpoint.keep_last = 1 < 1 + rollout.max_staleness" in kept
+
+
+def test_think_cap_caps_the_per_turn_limit_and_never_raises_it() -> None:
+    assert RunConfig.from_yaml_text("algorithm:\n  name: t2po\n").turn_token_limit == 256  # 450 would raise 256
+    raised = RunConfig.from_yaml_text("algorithm:\n  name: t2po\nrollout:\n  max_tokens_per_turn: 600\n")
+    assert raised.turn_token_limit == 450
+    assert RunConfig().turn_token_limit == 256
+
+
+def test_probe_tolerance_defaults_by_the_engines_dtype() -> None:
+    lora = RunConfig().lora
+    assert lora.resolved_probe_tolerance("float32") == 1e-3
+    assert lora.resolved_probe_tolerance("bfloat16") == lora.resolved_probe_tolerance("float16") == 0.05
+    assert lora.model_copy(update={"probe_tolerance": 0.2}).resolved_probe_tolerance("float32") == 0.2
+
+
 def test_top_level_must_be_a_mapping() -> None:
     (line,) = problems("- a\n- b\n")
     assert "mapping" in line

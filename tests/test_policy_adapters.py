@@ -89,6 +89,21 @@ def test_registry_serves_the_newest_and_unloads_old_versions_once_drained() -> N
     assert len({a.lora_id for a in registry.loaded()} | {v1.lora.lora_id}) == 3  # ids never reused
 
 
+def test_removing_a_name_unloads_its_idle_versions_now_and_busy_ones_once_drained() -> None:
+    registry = AdapterRegistry(keep_versions=2)
+    v1, v2 = version(registry, "run-v1", 1), version(registry, "run-v1", 2)
+    registry.add(v1)
+    registry.add(v2)
+    registry.add(version(registry, "run-v2", 2))
+    held = registry.acquire("run-v1")  # v2 of that name is in flight
+    assert registry.remove("run-v1") == [v1]
+    assert registry.newest() == {"run-v2": 2}
+    with pytest.raises(UnknownAdapterError, match="'run-v1' is not loaded"):
+        registry.acquire("run-v1")
+    assert registry.release(held) == [v2]
+    assert registry.remove("never-loaded") == []
+
+
 def test_registry_refuses_unknown_names_and_stale_versions() -> None:
     registry = AdapterRegistry(keep_versions=1)
     with pytest.raises(UnknownAdapterError, match="none loaded"):

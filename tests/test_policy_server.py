@@ -220,6 +220,27 @@ def test_old_versions_are_evicted_beyond_keep_versions(server: Any, adapters: di
     assert len(lora_ids) == len(set(lora_ids))
 
 
+def test_unloading_a_name_stops_serving_it_and_frees_the_engine(server: Any, adapters: dict[str, AdapterRef]) -> None:
+    import ray
+
+    def resident() -> list[str]:  # the hf engine's PEFT adapters; vLLM's are checked through the registry
+        return ray.get(server.__ray_call__.remote(
+            lambda s: list(s._engine._peft.peft_config) if s._model.engine == "hf" else []))  # fmt: skip
+
+    publish(server, adapters["a"], "retired", 1)
+    publish(server, adapters["b"], "retired", 2)
+    before = ray.get(server.__ray_call__.remote(lambda s: len(s._registry.loaded())))
+    call(server, "unload_adapter", "retired")
+    assert "retired" not in call(server, "health").adapters
+    assert ray.get(server.__ray_call__.remote(lambda s: len(s._registry.loaded()))) == before - 2
+    assert not [key for key in resident() if key.startswith("retired@")]
+    with pytest.raises(UnknownAdapterError, match="'retired' is not loaded"):
+        call(server, "generate", chat("ls", max_tokens=2, adapter="retired"))
+    call(server, "unload_adapter", "retired")  # twice, or a name never loaded: nothing to do
+    publish(server, adapters["a"], "retired", 3)  # the name can serve again
+    assert call(server, "generate", chat("ls", max_tokens=2, adapter="retired")).adapter_version == 3
+
+
 def test_bad_requests_are_refused_and_the_server_keeps_serving(server: Any) -> None:
     with pytest.raises(UnknownAdapterError, match="'nobody' is not loaded"):
         call(server, "generate", chat("ls", adapter="nobody"))

@@ -40,6 +40,14 @@ def test_layout_masks_logprobs_turns_and_advantages() -> None:
     assert (batch.n_tokens, batch.n_assistant_tokens, batch.groups, batch.zero_signal_groups) == (11, 4, 1, 0)
 
 
+def test_each_sampled_token_carries_its_turns_sampling_temperature() -> None:
+    turns = [make_turn(0, temperature=0.4), make_turn(1, prompt=(5,), response=(6,), temperature=0.0)]
+    group = [make_episode("a", 1.0, turns), make_episode("b", 0.0, [make_turn(0)])]
+    batch = build_train_batch([group], AlgorithmConfig())
+    # context tokens score at 1; a greedy turn (T = 0) has its log-probs at T = 1, as vLLM returns them
+    assert batch.sequences[0].temperature == [1.0, 1.0, 0.4, 0.4, 1.0, 1.0]
+
+
 def test_a2tgpo_clip_scale_is_per_turn() -> None:
     batch = build_train_batch([two_turn_group()], AlgorithmConfig(name="a2tgpo"))
     a = batch.sequences[0]
@@ -75,6 +83,7 @@ def test_a_sequence_whose_fields_disagree_in_length_is_refused() -> None:
         advantages=[0.0, 1.0, 1.0],
         turn_index=[-1, 0, 0],
         clip_scale=[1.0] * 3,
+        temperature=[1.0] * 3,
     )
     with pytest.raises(ValidationError, match="behaviour_logprobs has 2 entries, 3 tokens"):
         TrainSequence(**fields)

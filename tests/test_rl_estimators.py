@@ -30,6 +30,7 @@ def advantages(name: str, group, **knobs) -> list[list[float]]:
 
 def test_presets_select_the_estimator_and_explicit_keys_win() -> None:
     assert AlgorithmConfig(name="t2po").advantage == "gigpo_step"
+    assert AlgorithmConfig(name="t2po").std == "population"  # as the single-Spark T2PO numbers (REFERENCE §3)
     assert AlgorithmConfig(name="a2tgpo").loss == "turn_clip"
     assert AlgorithmConfig(name="dapo").clip_eps_high == 0.28
     assert AlgorithmConfig(name="dapo", clip_eps_high=0.3).clip_eps_high == 0.3
@@ -90,12 +91,14 @@ def test_t2po_step_advantage_across_rollouts_that_reached_each_turn() -> None:
     # turn 0, successes 1,1,0 -> [1/sqrt3, 1/sqrt3, -2/sqrt3]; turn 1, successes 0,0 -> equal -> 0;
     # turn 2 reached by one rollout -> skipped (0)
     expected = [[3 / S3, 2 / S3, 2 / S3], [0.0, -1 / S3], [-3 / S3]]
-    assert_nested(advantages("t2po", t2po_group()), expected)
+    assert_nested(advantages("t2po", t2po_group(), std="unbiased"), expected)
+    # the preset's population std (the single-Spark T2PO run): sqrt(2/9) for both terms' groups of 3 -> x sqrt(3/2)
+    assert_nested(advantages("t2po", t2po_group()), [[v * math.sqrt(1.5) for v in row] for row in expected])
 
 
 def test_t2po_weights() -> None:
     expected = [[2 / S3 * 0.5 + 2 / S3, 1 / S3, 1 / S3], [-0.5 / S3 + 2 / S3, -0.5 / S3], [-0.5 / S3 - 4 / S3]]
-    assert_nested(advantages("t2po", t2po_group(), traj_weight=0.5, step_weight=2.0), expected)
+    assert_nested(advantages("t2po", t2po_group(), traj_weight=0.5, step_weight=2.0, std="unbiased"), expected)
 
 
 def a2tgpo_group() -> list:

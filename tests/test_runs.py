@@ -54,3 +54,18 @@ def test_step_sampling_is_a_function_of_seed_and_step() -> None:
     assert len(sample_tasks(ids[:2], 0, 0, 5)) == 5
     with pytest.raises(ValueError, match="empty"):
         sample_tasks([], 0, 0, 1)
+
+
+def test_retention_keeps_the_newest_checkpoints_the_best_and_the_adapters_they_serve(tmp_path: Path) -> None:
+    run = RunDir(tmp_path)
+    served = {0: 0, 1: 1, 2: 1, 3: 3, 4: 4}  # step 2 trained nothing: its checkpoint still serves v1
+    for version in (0, 1, 3, 4, 5):  # v5: published, its checkpoint not written yet
+        (run.adapters / f"run-v{version}").mkdir(parents=True)
+    (run.adapters / ".run-v6.tmp123").mkdir()  # a publish in progress
+    for step, version in served.items():
+        adapter = {"name": f"run-v{version}", "path": str((run.adapters / f"run-v{version}").resolve())}
+        atomic_write_json(run.checkpoint(step) / "state.json", {"step": step, "adapter": adapter})
+    checkpoints, adapters = run.retired(keep_last=2, keep_step=1)
+    assert checkpoints == [run.checkpoint(2), run.checkpoint(0)]  # 4 and 3 are the newest, 1 is the best
+    assert [a.name for a in adapters] == ["run-v0"]  # v1 serves the best; v5 is newer than every checkpoint
+    assert run.retired(keep_last=5, keep_step=None) == ([], [])

@@ -110,8 +110,9 @@ def test_ray_job_submit_runs_the_driver(tiny_model_dir, tmp_path: Path, head_clu
 
 def test_pipelined_run_rolls_out_the_next_step_while_the_learner_trains(tiny_model_dir, tmp_path: Path) -> None:
     config = write_run_config(
-        tmp_path, "pipelined", max_steps=3, rollout={"max_staleness": 1}, eval={"every_n_steps": 3}
-    )
+        tmp_path, "pipelined", max_steps=3, rollout={"max_staleness": 1}, eval={"every_n_steps": 3},
+        checkpoint={"keep_last": 2},  # the fewest pipelining allows: step n+1's rollouts still use v(n-1)
+    )  # fmt: skip
     done = driver(config, tmp_path / "driver.log")
     done.wait(timeout=900)
     output = (tmp_path / "driver.log").read_text()
@@ -129,3 +130,7 @@ def test_pipelined_run_rolls_out_the_next_step_while_the_learner_trains(tiny_mod
         # step 1 starts after v0 is published; steps 2 and 3 start while the step before trains, on its adapter
         assert {turn.policy_version for e in episodes for turn in e.turns} == {max(step - 2, 0)}
     assert stale == [0.0, 1.0, 1.0]
+    # retention: checkpoints 2 and 3 (and the best gate's, 0 or 3), the adapters they serve, none other
+    best = json.loads(run.checkpoint(3).joinpath("state.json").read_text())["best_step"]
+    assert [step for step, _ in run.checkpoints()] == sorted({3, 2, best}, reverse=True)
+    assert sorted(p.name for p in run.adapters.iterdir()) == sorted({f"pipelined-v{v}" for v in (2, 3, best)})

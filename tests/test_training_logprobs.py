@@ -29,6 +29,21 @@ def test_logprob_at_t_scores_token_t_given_the_prefix(model) -> None:
     assert entropy_bt[0, 3].item() == pytest.approx(-(probs_v * probs_v.log()).sum().item(), abs=1e-3)
 
 
+def test_a_token_is_scored_at_its_own_sampling_temperature(model) -> None:
+    from fieldkit.training.logprobs import token_logprobs
+
+    ids_bt = torch.tensor([[11, 42, 7, 99]])
+    temperature_bt = torch.tensor([[1.0, 1.0, 0.4, 2.0]])  # token 2 sampled at T 0.4, token 3 at T 2
+    with torch.no_grad():
+        logp_bt, entropy_bt = token_logprobs(model, ids_bt, temperature_bt=temperature_bt, with_entropy=True)
+        logits_tv = model(input_ids=ids_bt).logits[0].float()
+    tempered_2 = torch.log_softmax(logits_tv[1] / 0.4, -1)
+    assert logp_bt[0, 2].item() == pytest.approx(tempered_2[7].item(), abs=1e-4)
+    assert logp_bt[0, 3].item() == pytest.approx(torch.log_softmax(logits_tv[2] / 2.0, -1)[99].item(), abs=1e-4)
+    assert logp_bt[0, 1].item() == pytest.approx(torch.log_softmax(logits_tv[0], -1)[42].item(), abs=1e-4)
+    assert entropy_bt[0, 2].item() == pytest.approx(-(tempered_2.exp() * tempered_2).sum().item(), abs=1e-3)
+
+
 def test_right_padding_scores_zero_and_leaves_real_tokens_unchanged(model) -> None:
     from fieldkit.training.logprobs import token_logprobs
 

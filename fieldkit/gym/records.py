@@ -126,6 +126,10 @@ class Turn(Record):
     regenerations: int = 0  # T2PO's turn-level dynamical sampling retries
     info_gain: float | None = None  # A2TGPO, raw (before turn-group normalisation)
     policy_version: int = -1  # the adapter version that sampled this reply (pipelined runs mix two); -1 = base
+    # the sampling parameters of this reply; response_logprobs are of softmax(logits / temperature) (the default 1
+    # is right for turns written before these fields: engines returned raw log-probs then)
+    temperature: float = Field(1.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
 
     @model_validator(mode="after")
     def _one_logprob_per_token(self) -> Turn:

@@ -1,7 +1,7 @@
 """Episode groups -> TrainBatch. Nothing is re-tokenised: the token ids and behaviour log-probs are the engine's.
 
 An episode's sequence is, turn by turn, `prompt_token_ids` (context: mask 0) then `response_token_ids` (sampled:
-mask 1, with the engine's log-probs, the turn's advantage and clip scale).
+mask 1, with the engine's log-probs, the turn's advantage, clip scale and sampling temperature).
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from fieldkit.config import AlgorithmConfig
+from fieldkit.generation import logprob_temperature
 from fieldkit.gym.records import Episode
 from fieldkit.rl.advantages import group_advantages
 from fieldkit.rl.records import EpisodeAdvantages, TrainBatch, TrainSequence
@@ -35,12 +36,14 @@ def episode_sequence(episode: Episode, advantages: EpisodeAdvantages) -> TrainSe
     per_token_adv: list[float] = []
     turn_index: list[int] = []
     clip: list[float] = []
+    temperature: list[float] = []
     for turn, adv, scale in zip(episode.turns, advantages.turn_advantages, advantages.turn_clip_scales, strict=True):
         n_ctx, n_resp = len(turn.prompt_token_ids), len(turn.response_token_ids)
         behaviour += [0.0] * n_ctx + turn.response_logprobs
         per_token_adv += [0.0] * n_ctx + [adv] * n_resp
         turn_index += [-1] * n_ctx + [turn.index] * n_resp
         clip += [1.0] * n_ctx + [scale] * n_resp
+        temperature += [1.0] * n_ctx + [logprob_temperature(turn.temperature)] * n_resp
     return TrainSequence(
         episode_id=episode.episode_id,
         group_id=episode.group_id,
@@ -51,6 +54,7 @@ def episode_sequence(episode: Episode, advantages: EpisodeAdvantages) -> TrainSe
         advantages=per_token_adv,
         turn_index=turn_index,
         clip_scale=clip,
+        temperature=temperature,
     )
 
 

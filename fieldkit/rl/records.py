@@ -34,7 +34,8 @@ class GroupAdvantages(Record):
 class TrainSequence(Record):
     """One episode as the learner sees it: every list has one entry per token, in the order the model read them.
 
-    Context tokens (prompts, observations) have mask 0, behaviour log-prob 0, advantage 0, turn -1, clip scale 1.
+    Context tokens (prompts, observations) have mask 0, behaviour log-prob 0, advantage 0, turn -1, clip scale 1,
+    temperature 1. A sampled token's temperature is the T its behaviour log-prob is taken at (fieldkit.generation).
     """
 
     episode_id: str
@@ -46,11 +47,12 @@ class TrainSequence(Record):
     advantages: list[float]
     turn_index: list[int]
     clip_scale: list[float]
+    temperature: list[float]
 
     @model_validator(mode="after")
     def _aligned(self) -> TrainSequence:
         n = len(self.token_ids)
-        for name in ("assistant_mask", "behaviour_logprobs", "advantages", "turn_index", "clip_scale"):
+        for name in ("assistant_mask", "behaviour_logprobs", "advantages", "turn_index", "clip_scale", "temperature"):
             if len(getattr(self, name)) != n:
                 raise ValueError(
                     f"episode {self.episode_id}: {name} has {len(getattr(self, name))} entries, {n} tokens"

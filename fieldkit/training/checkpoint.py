@@ -1,4 +1,4 @@
-"""Learner state for resume: the adapter, the optimizer's moments, the KL reference and every RNG.
+"""Learner state for resume: the adapter, the optimizer's moments, the KL reference, every RNG and the step.
 
 A checkpoint is a directory the learner owns whole (the driver passes e.g. runs/<run>/checkpoints/<step>/learner):
 it is filled beside its final name and moved into place, with `state.json` written last inside it, so a
@@ -13,13 +13,13 @@ import random
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from fieldkit.training.lora_model import adapter_rank, write_directory
+from fieldkit.training.lora_model import adapter_rank, write_adapter_files, write_directory
 
 if TYPE_CHECKING:
     from fieldkit.training.trainer import LoraPolicyTrainer
 
 STATE_FILE = "state.json"
-FORMAT = 1
+FORMAT = 2  # 2: `step` (the driver step the state holds) replaced `steps_done` (updates taken)
 
 
 def rng_state() -> dict[str, Any]:
@@ -52,12 +52,12 @@ def save_state(trainer: LoraPolicyTrainer, directory: Path) -> None:
     import torch
 
     def fill(staging: Path) -> None:
-        trainer.model.save_pretrained(str(staging / "adapter"), safe_serialization=True)
+        write_adapter_files(trainer.model, staging / "adapter")
         torch.save(trainer.optimizer.state_dict(), staging / "optimizer.pt")
         if trainer.reference is not None:
             trainer.reference.save(staging / "reference.safetensors")
         (staging / "rng.json").write_text(json.dumps(rng_state()))
-        state = {"format": FORMAT, "steps_done": trainer.steps_done, "rank": adapter_rank(trainer.model)}
+        state = {"format": FORMAT, "step": trainer.at_step, "rank": adapter_rank(trainer.model)}
         (staging / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
 
     write_directory(directory, fill)
@@ -95,4 +95,4 @@ def load_state(trainer: LoraPolicyTrainer, directory: Path) -> None:
             raise FileNotFoundError(f"{reference_path}: missing; the run has a KL term and needs its reference")
         trainer.reference.load(reference_path)
     restore_rng(json.loads((directory / "rng.json").read_text()))
-    trainer.steps_done = int(state["steps_done"])
+    trainer.at_step = int(state["step"])

@@ -4,6 +4,9 @@ Alignment: `logp_bt[b, t]` is log π(ids[b, t] | ids[b, <t]); position 0 has no 
 alignment the assistant-token mask of a TrainBatch (1 where the model sampled token t) indexes the log-probs
 directly, and the behaviour log-probs the engine returned for a turn sit at the same positions.
 
+Temperature: with `temperature_bt`, token t is scored under softmax(logits_{t-1} / temperature_bt[t]), the
+distribution the engine sampled it from (fieldkit.generation states the convention); without it, at T = 1.
+
 Shapes are in the names: `_bt` is [batch, time], `_btv` is [batch, time, vocab]. torch is imported inside functions.
 """
 
@@ -20,10 +23,11 @@ def token_logprobs(
     input_ids_bt: torch.Tensor,
     attention_mask_bt: torch.Tensor | None = None,
     *,
+    temperature_bt: torch.Tensor | None = None,
     with_entropy: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Return (logp_bt, entropy_bt or None), both float32 [B, T]; logp_bt is differentiable when grad is enabled,
-    entropy_bt never is.
+    entropy_bt never is. The entropy is that of the same (tempered) distribution.
 
     `attention_mask_bt` marks real tokens (1) against right padding (0); padded positions come back as 0.
     The full-vocabulary softmax is computed in float32 one sequence at a time: without grad (reference pass, probe)
@@ -37,7 +41,10 @@ def token_logprobs(
     logp_rows, entropy_rows = [], []
     for b in range(input_ids_bt.shape[0]):
         # logits at t-1 predict token t
-        log_probs_tv = torch.log_softmax(logits_btv[b, :-1].float(), dim=-1)
+        logits_tv = logits_btv[b, :-1].float()
+        if temperature_bt is not None:
+            logits_tv = logits_tv / temperature_bt[b, 1:].unsqueeze(-1)
+        log_probs_tv = torch.log_softmax(logits_tv, dim=-1)
         logp_rows.append(log_probs_tv.gather(-1, input_ids_bt[b, 1:].unsqueeze(-1)).squeeze(-1))
         if with_entropy:
             with torch.no_grad():  # a metric, never a loss term: no graph, no saved [T, V] buffers

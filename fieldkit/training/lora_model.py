@@ -82,6 +82,22 @@ def write_directory(target: Path, fill: Callable[[Path], None]) -> None:
         shutil.rmtree(retired, ignore_errors=True)
 
 
+def write_adapter_files(model: Any, directory: Path) -> None:
+    """The adapter as PEFT writes it (adapter_config.json + adapter_model.safetensors), which vLLM loads, the same
+    bytes for the same weights in any process (a learner restarted mid-publish writes what it would have): target
+    modules sorted (PEFT writes a set, ordered by the process's string hash seed), and no README.md (PEFT's
+    boilerplate model card, whose tags say whether this process ran TRL)."""
+    import json
+
+    model.save_pretrained(str(directory), safe_serialization=True)
+    (directory / "README.md").unlink(missing_ok=True)
+    config_path = directory / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True))
+
+
 def save_adapter(model: Any, target: Path) -> None:
-    """The adapter as PEFT writes it (adapter_config.json + adapter_model.safetensors), which vLLM loads."""
-    write_directory(target, lambda staging: model.save_pretrained(str(staging), safe_serialization=True))
+    """The adapter files (write_adapter_files) in `target`, replacing an older copy whole."""
+    write_directory(target, lambda staging: write_adapter_files(model, staging))

@@ -38,6 +38,7 @@ class MicroBatch:
     advantages_bt: torch.Tensor
     turn_bt: torch.Tensor
     clip_scale_bt: torch.Tensor
+    temperature_bt: torch.Tensor  # the sampling temperature of each token (1 on context and padding)
 
     @property
     def n_tokens(self) -> int:
@@ -63,4 +64,5 @@ def collate(sequences: Sequence[TrainSequence], device: str) -> MicroBatch:
         advantages_bt=padded("advantages", 0.0, torch.float32),
         turn_bt=padded("turn_index", -1, torch.long),
         clip_scale_bt=padded("clip_scale", 1.0, torch.float32),
+        temperature_bt=padded("temperature", 1.0, torch.float32),
     )

@@ -1,8 +1,9 @@
 """Which adapter versions serve, and whether an adapter directory is fit to load at all.
 
 Each version gets a new engine LoRA id. A request for an adapter name gets its newest verified version and holds it
-until the reply is complete: a version pushed out by newer ones (beyond `keep_versions`) is unloaded only once its
-last in-flight request is done, so hot-loading never disturbs a generation already running.
+until the reply is complete: a version pushed out by newer ones (beyond `keep_versions`), or a name removed whole
+(the driver's retention), is unloaded only once its last in-flight request is done, so neither disturbs a generation
+already running.
 """
 
 from __future__ import annotations
@@ -144,14 +145,23 @@ class AdapterRegistry:
         """Serve `version` as its name's newest; returns the versions to unload now."""
         serving = self._serving.setdefault(version.info.name, [])
         serving.append(version)
-        unload = []
+        retired = []
         while len(serving) > self.keep_versions:
-            old = serving.pop(0)
-            old.retired = True
-            if old.in_flight:
-                self._draining.append(old)
+            retired.append(serving.pop(0))
+        return self._retire(retired)
+
+    def remove(self, name: str) -> list[ServingVersion]:
+        """Stop serving every version of `name`; returns the versions to unload now (the rest when they drain)."""
+        return self._retire(self._serving.pop(name, []))
+
+    def _retire(self, versions: list[ServingVersion]) -> list[ServingVersion]:
+        unload = []
+        for version in versions:
+            version.retired = True
+            if version.in_flight:
+                self._draining.append(version)
             else:
-                unload.append(old)
+                unload.append(version)
         return unload
 
     def loaded(self) -> list[LoadedAdapter]:

@@ -1,7 +1,8 @@
 """transformers + PEFT: the engine for machines where vLLM cannot run. Same contract, one request at a time.
 
-Decoding is our own loop over the KV cache, so the sampled tokens' log-probs are exactly the raw model's (what vLLM
-returns and the learner recomputes) and each request samples from its own seeded generator. Adapters live in one
+Decoding is our own loop over the KV cache, so the sampled tokens' log-probs are exactly those of the distribution
+that sampled them (after temperature and top-p, as vLLM's processed log-probs; fieldkit.generation) and each request
+samples from its own seeded generator. Adapters live in one
 PeftModel under unique names; a request activates its adapter (or disables adapters for the base model) under the
 lock that serialises all model work.
 """
@@ -13,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Literal
 
-from fieldkit.generation import GenerateRequest, GenerateResult
+from fieldkit.generation import SAMPLING_EPS, GenerateRequest, GenerateResult, logprob_temperature
 from services.policy.engine import Engine, EngineLora
 
 
@@ -89,8 +90,8 @@ class HfEngine(Engine):
             out = model(input_ids=torch.tensor([prompt_ids], device=self._device), use_cache=True)
             for _ in range(max_tokens):
                 logits_v = out.logits[0, -1].float()
-                logp_v = torch.log_softmax(logits_v, dim=-1)
-                token = _sample(logits_v, request.temperature, request.top_p, generator)
+                logp_v = _sampling_logprobs(logits_v, request.temperature, request.top_p)
+                token = _sample(logits_v, logp_v, request.temperature, generator)
                 token_ids.append(token)
                 logprobs.append(float(logp_v[token]))
                 if request.top_logprobs:
@@ -157,16 +158,24 @@ class HfEngine(Engine):
         self._model = self._peft = None
 
 
-def _sample(logits_v: Any, temperature: float, top_p: float, generator: Any) -> int:
-    """Greedy at temperature 0; otherwise nucleus sampling from softmax(logits / temperature)."""
+def _sampling_logprobs(logits_v: Any, temperature: float, top_p: float) -> Any:
+    """Log-probs of the distribution requests sample from: softmax(logits / T), renormalised over the smallest
+    prefix whose mass reaches top_p (-inf outside it); a greedy request scores at T = 1, as vLLM does."""
     import torch
 
-    if temperature == 0:
+    logp_v = torch.log_softmax(logits_v / logprob_temperature(temperature), dim=-1)
+    if top_p >= 1.0:
+        return logp_v
+    sorted_v, order = logp_v.sort(descending=True)
+    outside = sorted_v.exp().cumsum(0) - sorted_v.exp() >= top_p
+    sorted_v[outside] = -torch.inf
+    return torch.log_softmax(torch.full_like(logp_v, -torch.inf).scatter(0, order, sorted_v), dim=-1)
+
+
+def _sample(logits_v: Any, logp_v: Any, temperature: float, generator: Any) -> int:
+    """Greedy below SAMPLING_EPS (argmax of the raw logits); otherwise a draw from exp(logp_v)."""
+    import torch
+
+    if temperature < SAMPLING_EPS:
         return int(logits_v.argmax())
-    probs_v = torch.softmax(logits_v / temperature, dim=-1)
-    if top_p < 1.0:
-        sorted_v, order = probs_v.sort(descending=True)
-        outside = sorted_v.cumsum(0) - sorted_v >= top_p  # keep the smallest prefix whose mass reaches top_p
-        sorted_v[outside] = 0.0
-        probs_v = torch.zeros_like(probs_v).scatter(0, order, sorted_v)
-    return int(torch.multinomial(probs_v, 1, generator=generator))
+    return int(torch.multinomial(logp_v.exp(), 1, generator=generator))

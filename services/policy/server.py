@@ -161,6 +161,17 @@ class PolicyServer:
             atomic_write_json(self._record, dict(list(served.items())[-self._lora.max_loras :]))
         return info
 
+    async def unload_adapter(self, name: str) -> None:
+        """Stop serving every version of `name` (retention); requests in flight on one finish first. Unknown: no-op."""
+        await self._ready()
+        async with self._load_lock:
+            for old in self._registry.remove(name):
+                await self._engine.remove_lora(old.lora)
+            if self._record is not None and self._record.exists():  # a restart must not load it again
+                served = json.loads(self._record.read_text())
+                if served.pop(name, None) is not None:
+                    atomic_write_json(self._record, served)
+
     async def _load_verified(self, ref: AdapterRef) -> LoadedAdapter:
         async with self._load_lock:
             self._registry.check_newer(ref)
@@ -186,7 +197,8 @@ class PolicyServer:
                 try:
                     adapted = await self._engine.score(probe.prompt_token_ids, probe.continuation_token_ids, lora)
                     base = await self._base_logprobs(probe.prompt_token_ids, probe.continuation_token_ids)
-                    check = check_probe(probe, adapted, base, self._lora.probe_tolerance)
+                    tolerance = self._lora.resolved_probe_tolerance(self._engine.dtype)
+                    check = check_probe(probe, adapted, base, tolerance)
                 finally:
                     if check is None or not check.passed:
                         await self._engine.remove_lora(lora)

@@ -3,6 +3,8 @@
 LoRA is on from the start (max_loras, max_lora_rank from config), so a new adapter version is one `add_lora` into
 the running engine, tens of milliseconds, instead of a restart. A LoRARequest whose path fails to load inside a
 generate call kills the engine core, so the server only ever generates with ids `add_lora` accepted.
+Sampled log-probs are vLLM's processed ones (after temperature and top-p), the convention of fieldkit.generation;
+prompt log-probs (`score`) skip sampling and stay raw.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ class VllmEngine(Engine):
             max_loras=self.lora.max_loras,
             max_lora_rank=self.lora.max_lora_rank,
             disable_log_stats=True,
+            logprobs_mode="processed_logprobs",  # of the distribution that sampled: after temperature and top-p
             **extra,
         )
         self._llm = AsyncLLM.from_engine_args(args)

@@ -10,6 +10,7 @@ const GROUPS = [
   ["reward", /reward/],
   ["task pass / task_complete / per-assertion", /task_pass|task_complete|per_assertion|assertion/],
   ["turns", /turns/],
+  ["learner: π_θ/π_old before the update, clip and TIS/MIS fractions", /^learner\.(ratio_|clip_fraction|is_masked_frac)/],
   ["KL", /(^|[._])kl($|[._])/],
   ["step wall split (s)", /^wall\./],
 ];
