@@ -289,3 +289,21 @@ def test_concurrent_generation_during_hot_load_keeps_its_version(server: Any, ad
     versions = {r.adapter_version for r in ray.get(during)}
     assert versions <= {1, 2} and loaded.version == 2
     assert call(server, "generate", chat("ls", max_tokens=2, adapter="live")).adapter_version == 2
+
+
+def test_hf_sampling_log_probs_are_of_the_tempered_nucleus() -> None:
+    """The hf engine's half of the log-prob convention, by hand: softmax(logits / T) renormalised over top-p."""
+    import math
+
+    import torch
+
+    from services.policy.hf_engine import _sampling_logprobs
+
+    logits_v = torch.tensor([2.0, 1.0, 0.0, -1.0])
+    tempered = torch.log_softmax(logits_v / 0.5, -1)
+    assert _sampling_logprobs(logits_v, 0.5, 1.0).tolist() == pytest.approx(tempered.tolist())
+    assert _sampling_logprobs(logits_v, 0.0, 1.0).tolist() == pytest.approx(torch.log_softmax(logits_v, -1).tolist())
+    # T = 1: probabilities .64 .24 .09 .03; top_p .8 keeps the first two (.64 < .8 <= .88), renormalised
+    nucleus = _sampling_logprobs(logits_v, 1.0, 0.8)
+    kept = math.log(math.exp(2) + math.exp(1))
+    assert nucleus[:2].tolist() == pytest.approx([2 - kept, 1 - kept]) and nucleus[2:].isinf().all()
