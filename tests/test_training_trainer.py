@@ -78,7 +78,8 @@ def test_a_step_moves_sampled_log_probs_with_the_advantage(tiny_model_dir: Path,
 def test_micro_batches_accumulate_to_the_full_batch_gradient(tiny_model_dir: Path, tmp_path: Path) -> None:
     batch = fixed_batch(tiny_model_dir, [1.0, 0.0, 0.5, 0.25])
     results = []
-    for budget in (64, 1 << 16):  # ~32-token sequences: two per micro-batch, or all four at once
+    pair = 2 * max(len(s.token_ids) for s in batch.sequences)
+    for budget in (pair, 1 << 16):  # two sequences per micro-batch, or all four at once
         trainer = LoraPolicyTrainer(run_config(tiny_model_dir, tmp_path, micro_batch_tokens=budget))
         metrics = trainer.step(batch, 1)
         # compare gradients from the same starting weights, not the updated weights: Adam turns float-rounding
