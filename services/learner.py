@@ -13,6 +13,7 @@ deterministic given the checkpoint and the batch, so the state is the lost one e
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +28,18 @@ from fieldkit.training.trainer import StepMismatchError
 from services.logs import capture_actor_output
 
 MAX_RESTARTS = 3  # a learner that dies at every start (a checkpoint that no longer fits) must not restart forever
+PROGRESS_POLL_S = 1.0  # how often the driver reads the warm start's progress
 
 
-@ray.remote(num_cpus=1, max_restarts=MAX_RESTARTS, max_task_retries=-1)
+# "progress": one more thread, for `sft_progress` alone, so the driver can read it while a warm start runs; every other
+# method stays in the default group, one call at a time, in order.
+@ray.remote(num_cpus=1, max_restarts=MAX_RESTARTS, max_task_retries=-1, concurrency_groups={"progress": 1})
 class Learner:
     def __init__(self, config: RunConfig) -> None:
         from fieldkit.training.trainer import LoraPolicyTrainer
 
         capture_actor_output("learner")
+        self._sft_progress = (0, 0)  # (optimizer steps done, total) of the warm start under way
         self._trainer = LoraPolicyTrainer(config)  # starts from model.init_adapter when set
         # A first start leaves resuming to the driver, which picks a checkpoint it can read; a restart returns to
         # the one the driver last marked as latest (before its first checkpoint: the start, as on a first start).
@@ -58,7 +63,12 @@ class Learner:
 
     def warm_start(self, examples: list[SftExample]) -> dict[str, float]:
         """LoRA SFT before RL; the result is the state of step 0 and the KL reference."""
-        return self._trainer.warm_start(examples)
+        return self._trainer.warm_start(examples, lambda done, total: setattr(self, "_sft_progress", (done, total)))
+
+    @ray.method(concurrency_group="progress")
+    def sft_progress(self) -> tuple[int, int]:
+        """(optimizer steps done, total) of the warm start under way (or the last one)."""
+        return self._sft_progress
 
     def at_step(self) -> int:
         return self._trainer.at_step
@@ -84,9 +94,15 @@ class LearnerSession:
         self._update: tuple[int, TrainBatch] | None = None  # the latest step and its batch
         self._sft: list[SftExample] | None = None
 
-    def warm_start(self, examples: list[SftExample]) -> dict[str, float]:
+    def warm_start(
+        self, examples: list[SftExample], progress: Callable[[int, int], None] | None = None
+    ) -> dict[str, float]:
+        """The SFT warm start; `progress(done, total)` follows its optimizer steps (polled each second)."""
         self._sft = examples
-        return ray.get(self.actor.warm_start.remote(examples))
+        running = self.actor.warm_start.remote(examples)
+        while progress is not None and not ray.wait([running], timeout=PROGRESS_POLL_S)[0]:
+            progress(*ray.get(self.actor.sft_progress.remote()))
+        return ray.get(running)
 
     def step(self, batch: TrainBatch, step: int) -> dict[str, float]:
         metrics = self._call(step - 1, lambda: self.actor.step.remote(batch, step))

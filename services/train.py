@@ -229,7 +229,8 @@ class TrainingRun:
                 progress(len(runs), len(tasks))
         chats = [oracle_transcript(t, r, with_stop=self.cfg.sft.with_stop) for t, r in zip(tasks, runs, strict=True)]
         tokenizer = AutoTokenizer.from_pretrained(self.mesh.model_dir)
-        metrics = self.learner.warm_start(examples_from_chats(tokenizer, chats))
+        with Phase("SFT warm start (optimizer steps)", transient=True) as progress:
+            metrics = self.learner.warm_start(examples_from_chats(tokenizer, chats), progress)
         console.print(
             f"SFT warm start on {len(chats)} oracle transcripts: loss {metrics['sft_loss_first']:.3f} -> "
             f"{metrics['sft_loss_last']:.3f} in {time.perf_counter() - t0:.0f}s",

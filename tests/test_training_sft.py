@@ -58,9 +58,11 @@ def test_warm_start_teaches_the_replies_and_becomes_the_kl_reference(tiny_model_
     from transformers import AutoTokenizer
 
     examples = examples_from_chats(AutoTokenizer.from_pretrained(tiny_model_dir), [CHAT] * 8)
-    metrics = trainer.warm_start(examples)
+    reported: list[tuple[int, int]] = []
+    metrics = trainer.warm_start(examples, lambda done, total: reported.append((done, total)))
     assert metrics["sft_loss_last"] < metrics["sft_loss_first"], metrics
     assert metrics["sft_steps"] == 6  # 8 examples, batch 4, 3 epochs
+    assert reported == [(step, 6) for step in range(1, 7)]  # progress: each optimizer step, as it finishes
     # the SFT adapter is now the reference: the first RL step measures no KL, and the weights have left zero
     assert trainer.step(fixed_batch(tiny_model_dir, [1.0, 0.0], cfg.algorithm), 1)["kl"] == pytest.approx(0, abs=1e-6)
     assert any(w.abs().sum() > 0 for n, w in trainer.reference.weights.items() if "lora_B" in n)

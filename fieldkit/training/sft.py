@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -79,11 +79,25 @@ def _render(tokenizer: Any, messages: Sequence[Mapping[str, str]], *, generation
 
 
 def run_sft(
-    model: Any, tokenizer: Any, examples: Sequence[SftExample], sft: SftConfig, *, seed: int, device: str
+    model: Any,
+    tokenizer: Any,
+    examples: Sequence[SftExample],
+    sft: SftConfig,
+    *,
+    seed: int,
+    device: str,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, float]:
-    """Train the model's active LoRA adapter in place; returns the first and last logged loss, steps and time."""
+    """Train the model's active LoRA adapter in place; returns the first and last logged loss, steps and time.
+    `progress(done, total)` is called after each optimizer step."""
     from datasets import Dataset
+    from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
+
+    class Report(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if progress is not None:
+                progress(state.global_step, state.max_steps)
 
     if not examples:
         raise ValueError("SFT needs at least one example")
@@ -113,7 +127,13 @@ def run_sft(
             # later RL step, and a LoRA run on a model that fits does not need it
             gradient_checkpointing=False,
         )
-        trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+        trainer = SFTTrainer(
+            model=model,
+            args=args,
+            train_dataset=Dataset.from_list(rows),
+            processing_class=tokenizer,
+            callbacks=[Report()],
+        )
         result = trainer.train()
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     return {

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -212,14 +212,25 @@ class LoraPolicyTrainer:
             name=name, version=version, path=str(target.resolve()), rank=adapter_rank(self.model), probe=probe
         )
 
-    def warm_start(self, examples: Sequence[SftExample]) -> dict[str, float]:
+    def warm_start(
+        self, examples: Sequence[SftExample], progress: Callable[[int, int], None] | None = None
+    ) -> dict[str, float]:
         """LoRA SFT of the resident adapter, the state of step 0; it then becomes the KL reference (as the reference
-        run's SFT-init adapter did) and the optimizer starts fresh (the SFT moments belong to another objective)."""
+        run's SFT-init adapter did) and the optimizer starts fresh (the SFT moments belong to another objective).
+        `progress(done, total)` follows its optimizer steps."""
         import torch
 
         from fieldkit.training.sft import run_sft
 
-        metrics = run_sft(self.model, self.tokenizer, examples, self.cfg.sft, seed=self.cfg.seed, device=self.device)
+        metrics = run_sft(
+            self.model,
+            self.tokenizer,
+            examples,
+            self.cfg.sft,
+            seed=self.cfg.seed,
+            device=self.device,
+            progress=progress,
+        )
         self.model.eval()  # SFT trained with dropout; RL passes run without
         self.optimizer = torch.optim.AdamW(self.params, lr=self.cfg.algorithm.learning_rate)
         self.reference = LoraReference(self.model) if self.cfg.algorithm.kl_beta > 0 else None
