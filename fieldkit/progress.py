@@ -8,6 +8,7 @@ reads like the terminal. A phase that is never called prints nothing (a cached m
 
 from __future__ import annotations
 
+import os
 import time
 from types import TracebackType
 
@@ -24,6 +25,16 @@ from rich.progress import (
 )
 
 PLAIN_PERIOD_S = 30.0  # off a terminal: one line this often per phase, so a log shows the work is alive
+
+
+PIPED_WIDTH = 120  # a log file or `ray job logs` has no width; rich's 80 columns would wrap every table row
+
+
+def widen_when_piped() -> None:
+    """Give rich's console PIPED_WIDTH columns when stdout is not a terminal (a terminal keeps its own width)."""
+    console = get_console()
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = PIPED_WIDTH
 
 
 class Phase:

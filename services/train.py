@@ -46,7 +46,7 @@ from fieldkit.gym.records import Episode
 from fieldkit.gym.task import Task
 from fieldkit.lineage import LineageStore, Trial
 from fieldkit.lineage.provenance import capture_provenance
-from fieldkit.progress import Phase
+from fieldkit.progress import Phase, widen_when_piped
 from fieldkit.rl.batch import build_train_batch
 from fieldkit.runs import RunDir, atomic_write_bytes, atomic_write_json, atomic_write_jsonl, read_episodes, sample_tasks
 from fieldkit.training.records import AdapterRef
@@ -399,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         "--verbose", action="store_true", help="Ray's, vLLM's and the actors' logs here, not in runs/<run>/logs/"
     )
     args = parser.parse_args(argv)
+    widen_when_piped()
     try:
         cfg = RunConfig.from_yaml(args.config)
     except ConfigError as exc:
