@@ -55,7 +55,7 @@ demo: setup
 	.venv/bin/fieldkit demo
 
 test: setup dockerd
-	.venv/bin/pytest $(PYTEST_ARGS)
+	.venv/bin/pytest --durations=15 $(PYTEST_ARGS)
 
 # The quick loop while iterating: no engine starts, no long end-to-end runs.
 test-fast: setup
