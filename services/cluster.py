@@ -47,7 +47,10 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, log_dir:
     if not ray.is_initialized():
         quiet: dict[str, Any] = {}
         if log_dir is not None:
-            quiet = {"log_to_driver": False, "runtime_env": {"env_vars": {LOG_DIR_ENV: str(log_dir)}}}
+            # unbuffered: an actor's child processes (vLLM's engine core) write to a file, where Python would
+            # buffer 8 KB at a time and a process killed at shutdown would take its last lines with it
+            env_vars = {LOG_DIR_ENV: str(log_dir), "PYTHONUNBUFFERED": "1"}
+            quiet = {"log_to_driver": False, "runtime_env": {"env_vars": env_vars}}
         if address:
             context = ray.init(address=address, **quiet)
         else:

@@ -3,8 +3,5 @@
 from rich import get_console
 from rich.console import Console
 
-from fieldkit.progress import widen_when_piped
-
-widen_when_piped()
 console = get_console()  # rich's own: progress bars (fieldkit.progress) and the driver's prints share it
 err_console = Console(stderr=True)

@@ -41,6 +41,9 @@ def demo(
 ) -> None:
     """Train an agent on embedded defaults; show base / SFT / RL on test tasks (see README: the demo)."""
     from fieldkit.cli.doctor import preflight
+    from fieldkit.progress import widen_when_piped
+
+    widen_when_piped()
 
     if smoke:
         from fieldkit.config import RunConfig
