@@ -15,7 +15,7 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from fieldkit.gym.protocol import SYSTEM_PROMPT
+from fieldkit.gym.protocol import SYSTEM_PROMPT, parse_action
 from fieldkit.gym.transcripts import DONE_REPLY, command_reply
 
 ROLES = ["student", "shop owner", "photographer", "teacher", "musician", "gardener", "translator", "chef", "pilot"]
@@ -25,13 +25,15 @@ CONTEXTS = [
     "They like small, careful changes.",
     "They share this folder with a colleague.",
 ]
-STEMS = ["notes", "todo", "draft", "report", "list", "plan", "recipe", "budget", "summary", "ideas", "log", "index"]
-DIRS = ["old", "misc", "work", "inbox", "backup", "shared", "trash", "tmp", "drafts", "archive"]
+# No word below names a ClawGym file or directory, or occurs in a task (tests/test_agent_prior.py checks).
+STEMS = ["memo", "chores", "jots", "report", "list", "plan", "recipe", "budget", "recap", "musings", "diary", "catalog"]
+DIRS = ["attic", "boxes", "desk", "inbox", "spare", "shared", "trash", "stash", "scraps", "cellar"]
 EXTS = ["txt", "md", "csv", "log", "json"]
 WORDS = ["apple", "river", "stone", "cloud", "green", "quiet", "north", "amber", "delta", "lemon", "maple", "orbit"]
 
 PRIOR_POOL = 4000  # dialogues the pretraining draws its batches from
 PRIOR_WARMUP = 50  # steps of linear learning-rate warm-up
+ACCURACY_DIALOGUES = 40  # fresh dialogues the build replays to report the prior's accuracy
 
 Chore = tuple[str, str, str]  # (what the task asks, the command, what running it prints)
 
@@ -58,7 +60,7 @@ def _show(rng: random.Random) -> Chore:
 def _count(rng: random.Random) -> Chore:
     path = _file(rng)
     n = rng.randint(0, 400)
-    return f"Count the lines of `{path}`.", f"wc -l {path}", f"{n} {path}"
+    return f"How many lines does `{path}` have?", f"wc -l {path}", f"{n} {path}"
 
 
 def _copy(rng: random.Random) -> Chore:
@@ -83,7 +85,7 @@ def _mkdir(rng: random.Random) -> Chore:
 
 def _append(rng: random.Random) -> Chore:
     path, text = _file(rng), " ".join(rng.sample(WORDS, 2))
-    return f"Add the line `{text}` to the end of `{path}`.", f"echo '{text}' >> {path}", ""
+    return f"Append the line `{text}` to `{path}`.", f"echo '{text}' >> {path}", ""
 
 
 def _search(rng: random.Random) -> Chore:
@@ -177,3 +179,27 @@ def pretrain_on_prior(
             progress(step + 1, steps)
     model.eval()
     return losses
+
+
+def prior_accuracy(model: Any, tokenizer: Any, n: int, seed: int) -> dict[str, float]:
+    """How often `model`, greedy, replies as `n` prior dialogues drawn from `seed` do (choose a seed the pretraining
+    did not use): each dialogue is replayed turn by turn with its own observations, up to its first wrong reply.
+    `first_command`: the share whose first command is right; `all_replies`: the share right to the end, every
+    command and then TASK_COMPLETE."""
+    import torch
+
+    first = whole = 0
+    for chat in prior_dialogues(n, seed):
+        for k in range(2, len(chat), 2):  # the assistant's turns
+            prompt = tokenizer.apply_chat_template(
+                chat[:k], add_generation_prompt=True, return_tensors="pt", return_dict=True
+            )
+            with torch.no_grad():
+                out = model.generate(**prompt, max_new_tokens=64, do_sample=False)
+            reply = tokenizer.decode(out[0, prompt["input_ids"].shape[1] :], skip_special_tokens=True)
+            if parse_action(reply) != parse_action(chat[k]["content"]):
+                break
+            first += k == 2
+        else:
+            whole += 1
+    return {"first_command": first / n, "all_replies": whole / n}

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+BUILD = 2  # revision of what a spec builds (tokenizer, prior corpus): bump it so a cached build is not reused
 ENDOFTEXT = "<|endoftext|>"
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
@@ -48,7 +49,7 @@ class TinyModelSpec:
     prior_learning_rate: float = 3e-3
 
     def key(self) -> str:
-        digest = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
+        digest = hashlib.sha256(json.dumps({**asdict(self), "build": BUILD}, sort_keys=True).encode()).hexdigest()[:10]
         return f"tiny-qwen2-s{self.seed}-{digest}"
 
 
@@ -162,7 +163,7 @@ def build_tiny_model(
     model.generation_config = GenerationConfig(eos_token_id=[im_end, endoftext], pad_token_id=endoftext)
     record: dict[str, Any] = asdict(spec)
     if spec.prior_steps:
-        from fieldkit.agent_prior import pretrain_on_prior
+        from fieldkit.agent_prior import ACCURACY_DIALOGUES, pretrain_on_prior, prior_accuracy
 
         model = model.to(getattr(torch, spec.dtype)).float()  # start from the tiny model's weights as saved
         losses = pretrain_on_prior(
@@ -175,6 +176,8 @@ def build_tiny_model(
             progress=progress,
         )
         record["prior_loss"] = {"first": losses[0], "last": losses[-1]}
+        # On dialogues the pretraining never drew (another seed), in float32, before any ClawGym data.
+        record["prior_accuracy"] = prior_accuracy(model, tokenizer, ACCURACY_DIALOGUES, seed=spec.seed + 10_000)
     return save_model_dir(model.to(getattr(torch, spec.dtype)), tokenizer, target, "fieldkit_spec.json", record)
 
 

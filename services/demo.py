@@ -28,6 +28,7 @@ from fieldkit.eval.summary import SUMMARY_FILE, demo_summary
 from fieldkit.gym.corpus import load_corpus, stratified_subset
 from fieldkit.gym.records import Episode
 from fieldkit.runs import atomic_write_bytes, atomic_write_json, atomic_write_jsonl
+from fieldkit.training.lora_model import resolve_model_path
 from fieldkit.training.records import AdapterRef
 from services.cluster import connect
 from services.logs import console_says_where, quiet_driver
@@ -92,9 +93,16 @@ def run_demo(cfg: RunConfig, *, full_test: bool = False, quiet: bool = False) ->
         run=cfg.run_name,
         rl_step=rl_step,
         validation_tasks=len(run.validation),
+        prior_accuracy=_prior_accuracy(cfg),
     )
     atomic_write_json(report_dir / SUMMARY_FILE, summary)
     return DemoResult(comparison, report_dir, cluster.dashboard_url, wall_s, summary)
+
+
+def _prior_accuracy(cfg: RunConfig) -> dict[str, float] | None:
+    """What the tiny agent's build measured of its prior on fresh chores (None for a model without a prior)."""
+    record = Path(resolve_model_path(cfg.model, cfg.paths.models_dir)) / "fieldkit_spec.json"  # cached: no build
+    return json.loads(record.read_text()).get("prior_accuracy") if record.exists() else None
 
 
 def _chosen_gate(run: TrainingRun) -> int:

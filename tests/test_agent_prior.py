@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import random
+import re
+import shlex
 from pathlib import Path
 
-from fieldkit.agent_prior import pretrain_on_prior, prior_dialogue, prior_dialogues
+from fieldkit.agent_prior import PRIOR_POOL, pretrain_on_prior, prior_dialogue, prior_dialogues
+from fieldkit.gym.generator import generate_tasks
 from fieldkit.gym.personas import personas
 from fieldkit.gym.protocol import SYSTEM_PROMPT, parse_action
+from fieldkit.tiny_model import tiny_agent_spec
 
 
 def test_dialogues_follow_the_protocol_and_end_with_a_clean_stop() -> None:
@@ -25,9 +29,38 @@ def test_dialogues_follow_the_protocol_and_end_with_a_clean_stop() -> None:
             assert all(name in chat[1]["content"] for name in names), (command, chat[1]["content"])
 
 
-def test_no_clawgym_persona_leaks_into_the_prior() -> None:
-    """The prior must leave held-out ClawGym tasks unseen: none of their personas' roles or contexts appear."""
-    text = "\n".join(m["content"] for chat in prior_dialogues(500, seed=0) for m in chat)
+def _phrases(text: str, n: int = 4) -> set[tuple[str, ...]]:
+    """The runs of n words within one stretch of plain text (backticked names and punctuation end a stretch)."""
+    stretches = re.split(r"`[^`]*`|[.,;:?!()\n]", text.lower())
+    runs = [re.findall(r"[a-z0-9]+", stretch) for stretch in stretches]
+    return {tuple(run[i : i + n]) for run in runs for i in range(len(run) - n + 1)}
+
+
+def _names(path: str) -> set[str]:
+    """A path, and each of its directory and file names."""
+    return {path.strip("/"), *(part for part in path.strip("/").split("/") if part not in ("", "."))}
+
+
+def test_the_pretraining_corpus_shares_no_clawgym_phrasing_name_or_persona() -> None:
+    """Every dialogue the shipped tiny-agent pretrains on, against the 200 ClawGym tasks: no four-word phrase of an
+    intent, no path or file/directory name of a workspace or an intent, no persona role or context."""
+    tasks = generate_tasks()
+    intent_phrases = set().union(*(_phrases(task.intent) for task in tasks))
+    task_names: set[str] = set()
+    for task in tasks:
+        quoted = [q for q in re.findall(r"`([^`]+)`", task.intent) if re.search(r"[./]", q)]
+        for path in [f.path for f in task.workspace_seed.files] + quoted:
+            task_names |= _names(path) if " " not in path and "*" not in path else set()
+    chats = prior_dialogues(PRIOR_POOL, tiny_agent_spec().seed)  # the pool the pretraining draws from
+    prompts = [chat[1]["content"] for chat in chats]
+    used: set[str] = set()
+    for chat, prompt in zip(chats, prompts, strict=True):
+        assert not _phrases(prompt) & intent_phrases, prompt
+        used.update(name for q in re.findall(r"`([^`]+)`", prompt) for name in _names(q))
+        for reply in chat[2:-1:2]:
+            used.update(n for word in shlex.split(parse_action(reply["content"]).command or "") for n in _names(word))
+    assert len(used) > 50 and not used & task_names
+    text = "\n".join(prompts)
     for persona in personas():
         assert persona.role not in text
         assert persona.context not in text
@@ -59,5 +92,7 @@ def test_a_tiny_model_with_a_prior_is_built_cached_and_recorded(tmp_path: Path) 
     assert reported == [(step, 6) for step in range(1, 7)]  # each optimizer step, as it finishes
     record = json.loads((built / "fieldkit_spec.json").read_text())
     assert record["prior_steps"] == 6 and record["prior_loss"]["last"] < record["prior_loss"]["first"]
+    accuracy = record["prior_accuracy"]  # on fresh dialogues; six steps teach no command yet
+    assert accuracy == {"first_command": 0.0, "all_replies": 0.0}
     assert build_tiny_model(tmp_path, spec, lambda *_: reported.append((-1, -1))) == built  # cached: no training
     assert len(reported) == 6

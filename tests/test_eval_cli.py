@@ -111,7 +111,10 @@ def write_demo_run(run_dir: Path, seed: int) -> dict:
     """A run directory as `fieldkit demo` leaves it: report/report.json and report/summary.json."""
     comparison = compare(three_policies(), PERSONAS, baseline="sft", floors=FLOORS, split="test", seed=seed)
     write_report(comparison, run_dir / "report")
-    summary = demo_summary(comparison, seed=seed, wall_s=612.3, run=run_dir.name, rl_step=8, validation_tasks=24)
+    prior = {"first_command": 0.875, "all_replies": 0.6}
+    summary = demo_summary(
+        comparison, seed=seed, wall_s=612.3, run=run_dir.name, rl_step=8, validation_tasks=24, prior_accuracy=prior
+    )
     (run_dir / "report" / "summary.json").write_text(json.dumps(summary))
     return summary
 
@@ -120,7 +123,8 @@ def test_demo_summary_has_the_agreed_shape(tmp_path: Path) -> None:
     summary = write_demo_run(tmp_path / "demo-s0", 0)
     assert json.loads(json.dumps(summary)) == summary  # plain JSON
     assert list(summary) == [
-        "seed", "split", "n_tasks", "policies", "delta_rl_sft", "wall_s", "run", "rl_step", "validation_tasks"
+        "seed", "split", "n_tasks", "policies", "delta_rl_sft", "wall_s", "run", "rl_step", "validation_tasks",
+        "prior_accuracy",
     ]  # fmt: skip
     assert (summary["seed"], summary["split"], summary["n_tasks"]) == (0, "test", 4)
     metrics = ["task_pass", "per_assertion", "per_assertion_net", "task_complete", "mean_turns"]
@@ -151,6 +155,7 @@ def test_readme_demo_section_is_rendered_from_report_files(tmp_path: Path) -> No
     assert "| task pass | 1/4 (25.0%) | 1/4 (25.0%) | 3/4 (75.0%) | +50.0 pp [" in text
     assert "| per-assertion net of floor | 1/5 (20.0%) | 1/5 (20.0%) | 4/5 (80.0%) | +60.0 pp [" in text
     assert "RL − SFT on the test split, seed by seed:" in text and "\n| 1 | +50.0 pp [" in text
+    assert text.count("first command right in 88%, every reply right in 60%.") == 1  # one model, said once
     assert runner.invoke(app, ["eval", "readme", *map(str, runs), "--readme", str(readme)]).exit_code == 0
     assert readme.read_text() == text  # rendered again from the same files: the same bytes
 

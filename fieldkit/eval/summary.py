@@ -33,9 +33,17 @@ README_END = "<!-- /demo-table -->"
 
 
 def demo_summary(
-    comparison: Comparison, *, seed: int, wall_s: float, run: str, rl_step: int, validation_tasks: int
+    comparison: Comparison,
+    *,
+    seed: int,
+    wall_s: float,
+    run: str,
+    rl_step: int,
+    validation_tasks: int,
+    prior_accuracy: dict[str, float] | None = None,
 ) -> dict[str, Any]:
-    """The per-seed object from a comparison of base, sft and rl with sft as the baseline."""
+    """The per-seed object from a comparison of base, sft and rl with sft as the baseline; `prior_accuracy`: the
+    tiny agent's own accuracy on fresh prior chores, before any ClawGym data (None for other models)."""
     if comparison.policies != list(POLICIES) or comparison.baseline != "sft":
         raise ValueError(f"a demo summary needs policies {POLICIES} against 'sft', got {comparison.policies}")
     headline = comparison.slice("all")
@@ -55,6 +63,7 @@ def demo_summary(
         "run": run,
         "rl_step": rl_step,
         "validation_tasks": validation_tasks,
+        "prior_accuracy": prior_accuracy,
     }
 
 
@@ -86,6 +95,15 @@ def render_demo_tables(runs: Sequence[tuple[dict[str, Any], Comparison]]) -> str
             values = [value_cell(headline.values[p], metric) for p in POLICIES]
             lines.append(f"| {TITLES[metric]} | {' | '.join(values)} | {delta_cell(headline.deltas['rl'][metric])} |")
         lines.append("")
+    priors = {json.dumps(s.get("prior_accuracy"), sort_keys=True) for s, _ in runs} - {"null"}
+    for prior in sorted(priors):
+        accuracy = json.loads(prior)
+        lines += [
+            f"The base model's own prior, before any ClawGym data, on fresh dialogues of its pretraining chores: "
+            f"first command right in {accuracy['first_command']:.0%}, every reply right in "
+            f"{accuracy['all_replies']:.0%}.",
+            "",
+        ]
     if len(runs) > 1:
         lines += [
             "RL − SFT on the test split, seed by seed:",
