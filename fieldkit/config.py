@@ -6,6 +6,7 @@ field, the value given and what is allowed, so a typo in a 200-line YAML is foun
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 from pathlib import Path
@@ -394,27 +395,35 @@ class RunConfig(Section):
 
     @classmethod
     def from_yaml_text(cls, text: str, source: str = "<config>") -> RunConfig:
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-            problem = getattr(exc, "problem", None) or str(exc)
-            raise ConfigError(source, [f"YAML syntax error at {where}{problem}"]) from exc
-        except RecursionError:  # PyYAML reads nesting recursively: a few hundred levels exhaust the stack
-            raise ConfigError(
-                source, ["YAML nested too deeply to read; a config is sections of plain values"]
-            ) from None
-        except Exception as exc:  # PyYAML's constructors raise plain errors on tagged values (`!!int ` with no digits)
-            raise ConfigError(source, [f"YAML value cannot be read: {type(exc).__name__}: {exc}"]) from exc
-        if data is None:
-            data = {}
-        if not isinstance(data, dict):
-            raise ConfigError(source, [f"top level must be a mapping of sections, got {type(data).__name__}"])
+        return cls.from_data(yaml_mapping(text, source), source)
+
+    @classmethod
+    def from_data(cls, data: dict[str, Any], source: str = "<config>") -> RunConfig:
+        """Validate a mapping of sections (a YAML file's, with `--set` overrides applied: fieldkit.overrides)."""
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
             raise ConfigError(source, [_describe(err) for err in exc.errors()]) from exc
+
+
+def yaml_mapping(text: str, source: str = "<config>") -> dict[str, Any]:
+    """A config file's text as a mapping of sections, or a ConfigError saying where the YAML breaks."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(source, [f"YAML syntax error at {where}{problem}"]) from exc
+    except RecursionError:  # PyYAML reads nesting recursively: a few hundred levels exhaust the stack
+        raise ConfigError(source, ["YAML nested too deeply to read; a config is sections of plain values"]) from None
+    except Exception as exc:  # PyYAML's constructors raise plain errors on tagged values (`!!int ` with no digits)
+        raise ConfigError(source, [f"YAML value cannot be read: {type(exc).__name__}: {exc}"]) from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(source, [f"top level must be a mapping of sections, got {type(data).__name__}"])
+    return data
 
 
 def _describe(err: Any) -> str:
@@ -424,7 +433,9 @@ def _describe(err: Any) -> str:
     value = err.get("input")
     if err["type"] == "extra_forbidden":
         allowed = sorted(_section_for(loc[:-1]).model_fields)
-        return f"{field}: unknown key (value {value!r}); allowed keys here: {', '.join(allowed)}"
+        near = closest_key(field)
+        hint = f"did you mean {near}? " if near else ""
+        return f"{field}: unknown key (value {value!r}); {hint}allowed keys here: {', '.join(allowed)}"
     message = err["msg"].removeprefix("Value error, ")
     if err["type"] == "missing":
         return f"{field}: required field is missing"
@@ -450,3 +461,15 @@ def field_reasons(model: type[BaseModel] = RunConfig, prefix: str = "") -> dict[
         else:
             reasons[f"{prefix}{name}"] = info.description or ""
     return reasons
+
+
+def closest_key(key: str) -> str | None:
+    """The valid dotted key nearest to a mistyped one: by the whole dotted name (`rollout.group_sze`), else by its
+    last part wherever it lives (`group_size` at the top level -> rollout.group_size)."""
+    keys = list(field_reasons())
+    found = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
+    if found:
+        return found[0]
+    by_leaf = {k.rsplit(".", 1)[-1]: k for k in reversed(keys)}  # reversed: the first section holding a leaf wins
+    leaf = difflib.get_close_matches(key.rsplit(".", 1)[-1], list(by_leaf), n=1, cutoff=0.6)
+    return by_leaf[leaf[0]] if leaf else None

@@ -46,6 +46,7 @@ from fieldkit.gym.records import Episode
 from fieldkit.gym.task import Task
 from fieldkit.lineage import LineageStore, Trial
 from fieldkit.lineage.provenance import capture_provenance
+from fieldkit.overrides import load_config
 from fieldkit.progress import Phase, widen_when_piped
 from fieldkit.rl.batch import build_train_batch
 from fieldkit.runs import RunDir, atomic_write_bytes, atomic_write_json, atomic_write_jsonl, read_episodes, sample_tasks
@@ -394,6 +395,9 @@ def _mean(values: list[float]) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m services.train", description=__doc__.split("\n")[0])
     parser.add_argument("--config", required=True, type=Path, help="a RunConfig YAML (deploy/configs/)")
+    parser.add_argument(
+        "--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE", help="override a config value"
+    )
     parser.add_argument("--resume", action="store_true", help="continue after the run's last checkpoint")
     parser.add_argument(
         "--verbose", action="store_true", help="Ray's, vLLM's and the actors' logs here, not in runs/<run>/logs/"
@@ -401,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     widen_when_piped()
     try:
-        cfg = RunConfig.from_yaml(args.config)
+        cfg = load_config(args.config, args.overrides)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2

@@ -132,3 +132,57 @@ def test_cli_help_lists_the_commands() -> None:
     assert result.returncode == 0
     for command in ("config", "model", "demo"):
         assert command in result.stdout
+
+
+def test_unknown_key_in_a_file_names_the_closest_valid_key() -> None:
+    (line,) = problems("rollout:\n  max_turn: 5\n")
+    assert "did you mean rollout.max_turns?" in line
+    (top,) = problems("group_size: 8\n")  # a key in the wrong section: found by its name wherever it lives
+    assert top.startswith("group_size: unknown key") and "did you mean rollout.group_size?" in top
+
+
+def test_set_overrides_are_typed_by_yaml_and_win_over_the_file(tmp_path: Path) -> None:
+    from fieldkit.overrides import load_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text("rollout:\n  group_size: 2\n  workers: 3\nalgorithm:\n  name: dapo\n")
+    sets = ["rollout.group_size=8", "algorithm.learning_rate=1e-6", "eval.validation_limit=null", "seed=7"]
+    cfg = load_config(path, [*sets, "model.name_or_path=tiny-agent", "lora.target_modules=[q_proj, v_proj]"])
+    assert cfg.rollout.group_size == 8 and cfg.rollout.workers == 3  # the file's other keys in that section stay
+    assert cfg.algorithm.learning_rate == 1e-6 and cfg.algorithm.kl_beta == 0.0  # the dapo preset still applies
+    assert cfg.eval.validation_limit is None and cfg.seed == 7 and cfg.model.name_or_path == "tiny-agent"
+    assert cfg.lora.target_modules == ["q_proj", "v_proj"]
+    assert load_config(None, ["seed=1", "seed=2"]).seed == 2  # later wins
+    assert load_config(path).config_hash() == RunConfig.from_yaml(path).config_hash()
+
+
+def test_set_errors_name_the_key_the_closest_valid_key_and_every_problem() -> None:
+    from fieldkit.overrides import load_config
+
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["rollout.group_sze=8", "rollut.group_size=3", "rollout=3", "seed.x=1", "seed"])
+    assert info.value.problems == [
+        "rollout.group_sze: unknown key; did you mean rollout.group_size?",
+        "rollut.group_size: no section rollut; did you mean rollout.group_size?",
+        "rollout is a section: set one of its keys, e.g. rollout.tasks_per_step=...",
+        "seed.x: seed is a value, not a section",
+        "'seed': expected KEY=VALUE, e.g. rollout.group_size=8",
+    ]
+    with pytest.raises(ConfigError) as bad:  # a bad value is judged by RunConfig's own rules
+        load_config(None, ["rollout.group_size=0", "algorithm.name=ppo"])
+    assert bad.value.source == "defaults with --set rollout.group_size=0 algorithm.name=ppo"
+    assert bad.value.problems[0].startswith("algorithm.name = 'ppo': Input should be 'grpo'")
+    assert bad.value.problems[1].startswith("rollout.group_size = 0: Input should be greater than or equal to 1")
+
+
+def test_cli_explain_shows_the_resolved_values_and_marks_overrides() -> None:
+    import json
+
+    result = run_cli("config", "explain", "--config", str(CONFIGS[0]), "--set", "rollout.group_size=8", "--json")
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    assert rows["rollout.group_size"] == {"value": 8, "why": field_reasons()["rollout.group_size"], "set": True}
+    assert rows["run_name"]["value"] == RunConfig.from_yaml(CONFIGS[0]).run_name and not rows["run_name"]["set"]
+    bad = run_cli("config", "explain", "--set", "rollout.group_sze=8")
+    assert bad.returncode == 2
+    assert "rollout.group_sze: unknown key; did you mean rollout.group_size?" in bad.stderr
