@@ -338,6 +338,34 @@ class DashboardConfig(Section):
     refresh_s: float = Field(2.0, gt=0, description="how often the page polls; Ray exports gauges every ~10 s")
 
 
+class LoggingConfig(Section):
+    trackers: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
+        default_factory=lambda: ["tensorboard"],
+        description=(
+            "experiment trackers mirroring each step's metrics and each gate (the lineage store stays the record); "
+            "tensorboard writes runs/<run>/tensorboard/ and needs nothing more; mlflow and wandb need their pip extra"
+        ),
+    )
+    mlflow_tracking_uri: str | None = Field(
+        None,
+        description=(
+            "None = $MLFLOW_TRACKING_URI, else a SQLite store at <runs_dir>/mlflow.db (MLflow 3 refuses new "
+            "plain-file stores); `mlflow ui --backend-store-uri sqlite:///runs/mlflow.db` shows it"
+        ),
+    )
+    mlflow_experiment: str = Field("fieldkit", min_length=1, description="MLflow experiment holding the runs")
+    wandb_project: str = Field("fieldkit", min_length=1, description="W&B project of the runs")
+    wandb_mode: Literal["auto", "online", "offline"] = Field(
+        "auto", description="auto = $WANDB_MODE, else online when WANDB_API_KEY is set, else offline (never asks)"
+    )
+
+    @model_validator(mode="after")
+    def _each_tracker_once(self) -> LoggingConfig:
+        if len(set(self.trackers)) != len(self.trackers):
+            raise ValueError(f"trackers {self.trackers} names one twice; each tracker is listed once")
+        return self
+
+
 class RunConfig(Section):
     run_name: str = Field("demo", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="names runs/<run_name>/")
     seed: int = Field(0, ge=0, description="seeds task sampling, sampling and init")
@@ -354,6 +382,7 @@ class RunConfig(Section):
     paths: PathsConfig = Field(default_factory=PathsConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
     dashboard: DashboardConfig = Field(default_factory=DashboardConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
     @model_validator(mode="after")
     def _pipelined_versions_kept(self) -> RunConfig:

@@ -44,17 +44,18 @@ from fieldkit.eval import task_floors, trial_metrics
 from fieldkit.gym.corpus import load_corpus, stratified_subset
 from fieldkit.gym.records import Episode
 from fieldkit.gym.task import Task
-from fieldkit.lineage import LineageStore, Trial
 from fieldkit.lineage.provenance import capture_provenance
 from fieldkit.overrides import load_config
 from fieldkit.progress import Phase, widen_when_piped
 from fieldkit.rl.batch import build_train_batch
 from fieldkit.runs import RunDir, atomic_write_bytes, atomic_write_json, atomic_write_jsonl, read_episodes, sample_tasks
+from fieldkit.trackers import TrackerUnavailableError, check_trackers
 from fieldkit.training.records import AdapterRef
 from services.cluster import connect
 from services.learner import LearnerSession
 from services.logs import console_says_where, quiet_driver
 from services.mesh import Mesh, collect_episodes, episode_specs, run_episodes, start_mesh, submit_episodes
+from services.recorder import Recorder
 from services.rollout import EpisodeSpec
 from services.serve.adapters import REF_FILE
 
@@ -78,8 +79,9 @@ class TrainingRun:
         self.validation = stratified_subset(validation, roles, cfg.eval.validation_limit, "validation")
         self.floors = task_floors(tasks[i] for i in self.validation)
         self.dir = RunDir(cfg.run_dir)
-        self.lineage = LineageStore(cfg.paths.lineage_db)
         self.provenance = capture_provenance(config=cfg)  # the machine too: the doctor's report, cheap (no probes)
+        self.recorder = Recorder(cfg, self.provenance)  # lineage trials, mirrored to the experiment trackers
+        self.lineage = self.recorder.lineage
         self.adapter: AdapterRef | None = None
         self.served_version = -1  # what the policy server reported serving after the last load
         self.best_metric: float | None = None
@@ -125,21 +127,28 @@ class TrainingRun:
 
     # ---- the loop -------------------------------------------------------------------------------------------
     def run(self, first_step: int) -> str:
+        status = "failed"  # how the trackers' runs end unless the loop returns
         try:
-            for step in range(first_step, self.cfg.max_steps + 1):
-                if self.stop_requested:
-                    return "stopped by SIGTERM after a complete checkpoint"
-                saturated = self.step(step)
-                if step % self.cfg.eval.every_n_steps == 0 or step == self.cfg.max_steps or saturated:
-                    self._gate(step)
-                self._checkpoint(step)
-                if saturated:
-                    return f"saturated at step {step}: every training task's group had identical rewards; grow the pool"
-            return f"finished {self.cfg.max_steps} steps"
+            outcome = self._steps(first_step)
+            status = "finished"
+            return outcome
         finally:
+            self.recorder.close(status)
             for refs in self.launched.values():  # a step that will not run: its sandboxes go back now
                 for ref in refs:
                     ray.cancel(ref)
+
+    def _steps(self, first_step: int) -> str:
+        for step in range(first_step, self.cfg.max_steps + 1):
+            if self.stop_requested:
+                return "stopped by SIGTERM after a complete checkpoint"
+            saturated = self.step(step)
+            if step % self.cfg.eval.every_n_steps == 0 or step == self.cfg.max_steps or saturated:
+                self._gate(step)
+            self._checkpoint(step)
+            if saturated:
+                return f"saturated at step {step}: every training task's group had identical rewards; grow the pool"
+        return f"finished {self.cfg.max_steps} steps"
 
     def step(self, step: int) -> bool:
         """One training step; returns True when the training pool is saturated."""
@@ -176,7 +185,9 @@ class TrainingRun:
         atomic_write_json(self.dir.step_metrics(step), metrics)
         parent = f"step-{step - 1:04d}" if step > 1 else "gate-0000"
         status = "keep" if learner_metrics else "discard"
-        self._record(f"step-{step:04d}", parent, "rl-step", status, step, ("train.reward", "max"), metrics, walls)
+        self.recorder.record(
+            f"step-{step:04d}", parent, "rl-step", status, step, ("train.reward", "max"), metrics, walls, self.adapter
+        )
         self._show(step, metrics)
         return set(self.zero_signal) == set(self.train_ids) and all(self.zero_signal.values())
 
@@ -238,7 +249,7 @@ class TrainingRun:
             soft_wrap=True,
         )
         walls = {"sft_s": time.perf_counter() - t0}
-        self._record("sft", None, "sft", "keep", 0, ("sft_loss_last", "min"), metrics, walls)
+        self.recorder.record("sft", None, "sft", "keep", 0, ("sft_loss_last", "min"), metrics, walls, self.adapter)
 
     def _publish(self, version: int, walls: dict[str, float] | None = None) -> None:
         t0 = time.perf_counter()
@@ -281,7 +292,10 @@ class TrainingRun:
             self._copy_best(Path(self.adapter.path))
         parent = f"step-{step:04d}" if step else ("sft" if self.cfg.sft.warm_start else None)
         walls = {"gate_s": time.perf_counter() - t0}
-        self._record(f"gate-{step:04d}", parent, "validation-gate", status, step, (GATE_METRIC, "max"), metrics, walls)
+        self.recorder.record(
+            f"gate-{step:04d}", parent, "validation-gate", status, step, (GATE_METRIC, "max"), metrics, walls,
+            self.adapter, best=is_best,
+        )  # fmt: skip
         m = {key: value or 0.0 for key, value in metrics.items()}
         console.print(
             f"[bold]validation gate @ step {step}[/bold]: reward {score:.3f}, "
@@ -322,39 +336,6 @@ class TrainingRun:
             shutil.rmtree(hidden, ignore_errors=True)  # left by a crash in an earlier retirement
             path.rename(hidden)
             shutil.rmtree(hidden)
-
-    def _record(
-        self, name: str, parent: str | None, kind: str, status: str, step: int, metric: tuple[str, str], metrics: dict,
-        walls: dict,
-    ) -> None:  # fmt: skip
-        """One lineage trial `<run>/<name>`; `metric` is (name, direction). Replayed steps are not recorded twice."""
-        run = self.cfg.run_name
-        trial_id = f"{run}/{name}"
-        if self.lineage.has(trial_id):  # recorded before a crash; the resumed run replays the same step
-            return
-        baseline = f"{run}/gate-0000"
-        self.lineage.record_trial(
-            Trial(
-                trial_id=trial_id,
-                run_id=run,
-                parent_id=f"{run}/{parent}" if parent else None,
-                baseline_id=baseline if kind in {"rl-step", "validation-gate"} and trial_id != baseline else None,
-                kind=kind,  # type: ignore[arg-type]
-                status=status,  # type: ignore[arg-type]
-                step=step,
-                hypothesis=f"{self.cfg.algorithm.name} on {self.cfg.model.name_or_path}, seed {self.cfg.seed}",
-                metric_name=metric[0],
-                metric=metrics.get(metric[0]),
-                direction=metric[1],  # type: ignore[arg-type]
-                metrics={k: v for k, v in metrics.items() if isinstance(v, float | int)},
-                config=self.cfg.model_dump(mode="json"),
-                code_version=self.provenance.code_version,
-                seeds={"run": self.cfg.seed},
-                packages=self.provenance.packages,
-                wall=walls,
-                artifacts={"adapter": self.adapter.path} if self.adapter else {},
-            )
-        )
 
     def _show(self, step: int, m: dict[str, Any]) -> None:
         console.print(
@@ -406,7 +387,8 @@ def main(argv: list[str] | None = None) -> int:
     widen_when_piped()
     try:
         cfg = load_config(args.config, args.overrides)
-    except ConfigError as exc:
+        check_trackers(cfg.logging.trackers)  # before Ray and the mesh start, not at the first step
+    except (ConfigError, TrackerUnavailableError) as exc:
         print(exc, file=sys.stderr)
         return 2
     log_dir = None if args.verbose else quiet_driver(cfg.run_dir / "logs")
