@@ -184,11 +184,12 @@ def pretrain_on_prior(
 def prior_accuracy(model: Any, tokenizer: Any, n: int, seed: int) -> dict[str, float]:
     """How often `model`, greedy, replies as `n` prior dialogues drawn from `seed` do (choose a seed the pretraining
     did not use): each dialogue is replayed turn by turn with its own observations, up to its first wrong reply.
-    `first_command`: the share whose first command is right; `all_replies`: the share right to the end, every
-    command and then TASK_COMPLETE."""
+    `first_program`: the share whose first reply is a command of the right program (`cp`, `grep`, ...), names aside;
+    `first_command`: the share whose first command is right, names included; `all_replies`: the share right to the
+    end, every command and then TASK_COMPLETE."""
     import torch
 
-    first = whole = 0
+    program = first = whole = 0
     for chat in prior_dialogues(n, seed):
         for k in range(2, len(chat), 2):  # the assistant's turns
             prompt = tokenizer.apply_chat_template(
@@ -196,10 +197,13 @@ def prior_accuracy(model: Any, tokenizer: Any, n: int, seed: int) -> dict[str, f
             )
             with torch.no_grad():
                 out = model.generate(**prompt, max_new_tokens=64, do_sample=False)
-            reply = tokenizer.decode(out[0, prompt["input_ids"].shape[1] :], skip_special_tokens=True)
-            if parse_action(reply) != parse_action(chat[k]["content"]):
+            got = parse_action(tokenizer.decode(out[0, prompt["input_ids"].shape[1] :], skip_special_tokens=True))
+            want = parse_action(chat[k]["content"])
+            if k == 2 and got.command and want.command:
+                program += got.command.split()[0] == want.command.split()[0]
+            if got != want:
                 break
             first += k == 2
         else:
             whole += 1
-    return {"first_command": first / n, "all_replies": whole / n}
+    return {"first_program": program / n, "first_command": first / n, "all_replies": whole / n}

@@ -93,6 +93,6 @@ def test_a_tiny_model_with_a_prior_is_built_cached_and_recorded(tmp_path: Path) 
     record = json.loads((built / "fieldkit_spec.json").read_text())
     assert record["prior_steps"] == 6 and record["prior_loss"]["last"] < record["prior_loss"]["first"]
     accuracy = record["prior_accuracy"]  # on fresh dialogues; six steps teach no command yet
-    assert accuracy == {"first_command": 0.0, "all_replies": 0.0}
+    assert accuracy == {"first_program": 0.0, "first_command": 0.0, "all_replies": 0.0}
     assert build_tiny_model(tmp_path, spec, lambda *_: reported.append((-1, -1))) == built  # cached: no training
     assert len(reported) == 6

@@ -111,7 +111,7 @@ def write_demo_run(run_dir: Path, seed: int) -> dict:
     """A run directory as `fieldkit demo` leaves it: report/report.json and report/summary.json."""
     comparison = compare(three_policies(), PERSONAS, baseline="sft", floors=FLOORS, split="test", seed=seed)
     write_report(comparison, run_dir / "report")
-    prior = {"first_command": 0.875, "all_replies": 0.6}
+    prior = {"first_program": 0.95, "first_command": 0.875, "all_replies": 0.6}
     summary = demo_summary(
         comparison, seed=seed, wall_s=612.3, run=run_dir.name, rl_step=8, validation_tasks=24, prior_accuracy=prior
     )
@@ -155,7 +155,7 @@ def test_readme_demo_section_is_rendered_from_report_files(tmp_path: Path) -> No
     assert "| task pass | 1/4 (25.0%) | 1/4 (25.0%) | 3/4 (75.0%) | +50.0 pp [" in text
     assert "| per-assertion net of floor | 1/5 (20.0%) | 1/5 (20.0%) | 4/5 (80.0%) | +60.0 pp [" in text
     assert "RL − SFT on the test split, seed by seed:" in text and "\n| 1 | +50.0 pp [" in text
-    assert text.count("first command right in 88%, every reply right in 60%.") == 1  # one model, said once
+    assert text.count("program right in 95%, the whole first command (names copied from the prompt) in 88%") == 1  # one model, said once
     assert runner.invoke(app, ["eval", "readme", *map(str, runs), "--readme", str(readme)]).exit_code == 0
     assert readme.read_text() == text  # rendered again from the same files: the same bytes
 

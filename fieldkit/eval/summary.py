@@ -100,8 +100,8 @@ def render_demo_tables(runs: Sequence[tuple[dict[str, Any], Comparison]]) -> str
         accuracy = json.loads(prior)
         lines += [
             f"The base model's own prior, before any ClawGym data, on fresh dialogues of its pretraining chores: "
-            f"first command right in {accuracy['first_command']:.0%}, every reply right in "
-            f"{accuracy['all_replies']:.0%}.",
+            f"the first command's program right in {accuracy['first_program']:.0%}, the whole first command (names "
+            f"copied from the prompt) in {accuracy['first_command']:.0%}, every reply in {accuracy['all_replies']:.0%}.",
             "",
         ]
     if len(runs) > 1:
