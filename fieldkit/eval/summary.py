@@ -101,7 +101,8 @@ def render_demo_tables(runs: Sequence[tuple[dict[str, Any], Comparison]]) -> str
         lines += [
             f"The base model's own prior, before any ClawGym data, on fresh dialogues of its pretraining chores: "
             f"the first command's program right in {accuracy['first_program']:.0%}, the whole first command (names "
-            f"copied from the prompt) in {accuracy['first_command']:.0%}, every reply in {accuracy['all_replies']:.0%}.",
+            f"copied from the prompt) in {accuracy['first_command']:.0%}, "
+            f"every reply in {accuracy['all_replies']:.0%}.",
             "",
         ]
     if len(runs) > 1:
