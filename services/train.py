@@ -1,7 +1,10 @@
-"""The training driver: what `ray job submit` runs.
+"""The training driver: what `ray job submit` runs (and `fieldkit train`, in-process or through the Job SDK).
 
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- \
-        python -m services.train --config deploy/configs/demo-cpu.yaml [--resume]
+        python -m services.train --config deploy/configs/demo-cpu.yaml [--set KEY=VALUE ...] [--resume]
+
+Relative paths of the config resolve under the project home ($FIELDKIT_HOME, else the current directory:
+fieldkit.home), never under Ray's temporary copy of the working directory.
 
 Per step: sample tasks from the training split (a function of seed and step), K rollouts each, graded; the episodes
 are written to disk before anything uses them; advantages -> one learner step -> the new adapter version published
@@ -44,6 +47,7 @@ from fieldkit.eval import task_floors, trial_metrics
 from fieldkit.gym.corpus import load_corpus, stratified_subset
 from fieldkit.gym.records import Episode
 from fieldkit.gym.task import Task
+from fieldkit.home import anchor_paths
 from fieldkit.lineage.provenance import capture_provenance
 from fieldkit.overrides import load_config
 from fieldkit.progress import Phase, widen_when_piped
@@ -386,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     widen_when_piped()
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = anchor_paths(load_config(args.config, args.overrides))  # relative paths: under the project home
         check_trackers(cfg.logging.trackers)  # before Ray and the mesh start, not at the first step
     except (ConfigError, TrackerUnavailableError) as exc:
         print(exc, file=sys.stderr)

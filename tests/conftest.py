@@ -82,37 +82,12 @@ def submit_job(
 ) -> subprocess.CompletedProcess[str]:
     """`ray job submit` as the README says, once the head's job agent answers (`wait_for_job_agent`)."""
     from services.cluster import client_env
+    from services.jobs import wait_for_job_agent
 
     wait_for_job_agent(address)
     command = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", address]
     command += ["--working-dir", str(working_dir), "--", *entrypoint]
     return subprocess.run(command, env=client_env(), capture_output=True, text=True, timeout=timeout)
-
-
-def wait_for_job_agent(address: str, timeout: float = 120.0) -> None:
-    """Wait until the head node's dashboard agent is registered and answers, which is what a job submission needs
-    (until then Ray answers 500 "No available agent to submit job"). Asked through the dashboard's own API on
-    127.0.0.1: the head node's id, then the agent's list of log files on that node."""
-    import httpx
-
-    from services.cluster import AUTH_TOKEN_PATH
-
-    token = os.environ.get("RAY_AUTH_TOKEN") or AUTH_TOKEN_PATH.read_text().strip()
-    headers = {"Authorization": f"Bearer {token}"}
-    deadline = time.monotonic() + timeout
-    last = "no answer"
-    while time.monotonic() < deadline:
-        try:
-            nodes = httpx.get(f"{address}/api/v0/nodes", headers=headers, timeout=10).json()["data"]["result"]
-            head = next(node["node_id"] for node in nodes["result"] if node["is_head_node"])
-            answer = httpx.get(f"{address}/api/v0/logs", params={"node_id": head}, headers=headers, timeout=10)
-            if answer.status_code == 200 and answer.json()["result"]:
-                return
-            last = f"HTTP {answer.status_code}: {answer.text[:300]}"
-        except (httpx.HTTPError, KeyError, StopIteration, ValueError) as exc:
-            last = f"{type(exc).__name__}: {exc}"
-        time.sleep(2)
-    raise AssertionError(f"the job agent of {address} did not answer within {timeout:.0f} s; last: {last}")
 
 
 def write_run_config(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from fieldkit.cli import config, dashboard, demo, doctor, eval, gym, lineage, model, plan, sandbox, serve
+from fieldkit.cli import config, dashboard, demo, doctor, eval, gym, lineage, model, plan, sandbox, serve, train
 
 app = typer.Typer(
     help="fieldkit-mesh: agentic RL fine-tuning with LoRA on one GPU box, scaled out on Ray.",
@@ -22,6 +22,7 @@ app.add_typer(lineage.app, name="lineage")
 app.add_typer(eval.app, name="eval")
 app.add_typer(gym.app, name="gym")
 app.add_typer(sandbox.app, name="sandbox")
+app.command("train")(train.train)
 app.command("demo")(demo.demo)
 app.command("plan")(plan.plan)
 app.command("serve")(serve.serve)
