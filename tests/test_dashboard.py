@@ -136,7 +136,10 @@ def test_page_shows_the_mesh_and_training_as_the_run_goes(mesh, tmp_path: Path) 
             policy_row = page.locator('#actors tr[data-class="PolicyServer"]')
             assert policy_row.locator("svg.busy polyline").count() == 1  # busy fraction drawn over time
             assert "%" in policy_row.inner_text()
-            assert page.locator('#curves .chart[data-group="reward"] circle.pt').count() == 3
+            rates = page.locator('#curves .chart[data-group="rewards and rates"]')  # grouped by meaning and unit
+            assert rates.locator('circle.pt[data-series="train.reward"]').count() == 3
+            assert rates.locator('circle.pt[data-series="learner.kl"]').count() == 0
+            assert "(reward, fraction)" in rates.locator("h3").inner_text()
             page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
             browser.close()
     finally:

@@ -138,6 +138,10 @@ def test_run_reader_over_real_files_and_store(tmp_path: Path) -> None:
         (2, {"train.reward": 0.2, "learner.kl": 0.01}),
     ]
     assert [(g["step"], g["status"], g["metric"]) for g in found["gates"]] == [(0, "baseline", 0.3)]
+    assert [(c["title"], c["metrics"]) for c in found["charts"]] == [
+        ("rewards and rates", ["train.reward"]),
+        ("KL", ["learner.kl"]),
+    ]
     assert "grpo-a/gate-0000" in found["card"] and found["error"] is None
     atomic_write_json(run.step_metrics(1), {"train.reward": 0.15})  # rewritten: the cache notices
     assert reader.run("grpo-a")["steps"][0]["metrics"] == {"train.reward": 0.15}
@@ -163,3 +167,42 @@ def test_api_over_real_files_and_an_absent_ray(tmp_path: Path) -> None:
     for bad in ("nope", "..", "%2e%2e%2fetc"):
         assert client.get(f"/api/runs/{bad}").status_code == 404
     assert json.loads(client.get("/api/runs/nope").text)["detail"].startswith("no run 'nope'")
+
+
+# the names of a real step's metrics.json (services/train.py and the learner) and a gate's
+STEP_METRICS = """learner.assistant_tokens learner.clip_fraction learner.entropy learner.grad_norm
+learner.is_masked_frac
+learner.kl learner.loss learner.micro_batches learner.mismatch_kl learner.policy_loss learner.ratio_max
+learner.ratio_mean learner.ratio_min learner.sequences learner.step_s learner.tokens learner.tokens_per_s
+learner.weight_delta_l2 learner.weight_delta_max policy.published_version policy.served_version
+rollout.stale_turn_share rollout.template_mismatches train.failed train.groups train.mean_turns train.mean_wall_s
+train.n_episodes train.n_tasks train.per_assertion train.per_assertion_net train.reward train.task_complete
+train.task_pass train.zero_signal_groups wall.publish_s wall.rollout_s wall.step_s wall.train_s""".split()
+GATE_METRICS = """validation.reward validation.task_pass validation.task_complete validation.per_assertion
+validation.per_assertion_net validation.mean_turns validation.failed validation.n_episodes validation.mean_wall_s
+""".split()
+
+
+def test_charts_group_metrics_by_meaning_and_unit_not_by_prefix() -> None:
+    from services.dashboard.charts import chart_groups, gate_chart_groups
+
+    charts = {c["title"]: c for c in chart_groups([*STEP_METRICS, "learner.new_figure"])}
+    placed = [name for chart in charts.values() for name in chart["metrics"]]
+    assert sorted(placed) == sorted([*STEP_METRICS, "learner.new_figure"])  # each metric exactly once
+    where = {name: title for title, chart in charts.items() for name in chart["metrics"]}
+    assert where["learner.assistant_tokens"] != where["learner.clip_fraction"]  # 430 tokens never beside 0.0
+    assert where["learner.kl"] != where["learner.entropy"] != where["learner.ratio_mean"]
+    assert charts["rewards and rates"]["metrics"] == [
+        "train.per_assertion", "train.per_assertion_net", "train.reward", "train.task_complete", "train.task_pass",
+    ]  # fmt: skip
+    assert where["learner.tokens_per_s"] == "throughput" and charts["throughput"]["unit"] == "tokens/s"
+    assert {where[n] for n in ("wall.step_s", "learner.step_s", "train.mean_wall_s")} == {"time"}
+    assert where["learner.loss"] == where["learner.policy_loss"] == "losses"
+    assert charts["learner.new_figure"] == {
+        "title": "learner.new_figure",
+        "unit": "",
+        "metrics": ["learner.new_figure"],
+    }
+    assert all(c["unit"] for title, c in charts.items() if title != "learner.new_figure")
+    gates = gate_chart_groups(GATE_METRICS)
+    assert [(c["title"], len(c["metrics"])) for c in gates] == [("rewards and rates", 5), ("turns per episode", 1)]

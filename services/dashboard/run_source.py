@@ -3,6 +3,7 @@
 - Per step: runs/<run>/steps/<step>/metrics.json (fieldkit.runs.RunDir), written atomically after each learner
   step, so a file is either absent or whole. Nested numbers are flattened to dotted names; the rest is ignored.
 - Held-out gates and the lineage card: the run's trials in the lineage store (runs/lineage.db).
+- Which curves share a chart (services.dashboard.charts: by meaning and unit), for the steps and for the gates.
 
 Files are re-read only when their modification time changes, so polling a long run stays cheap.
 """
@@ -16,6 +17,7 @@ from typing import Any
 
 from fieldkit.lineage import LineageError, LineageStore
 from fieldkit.runs import RunDir
+from services.dashboard.charts import chart_groups, gate_chart_groups
 
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # RunConfig.run_name's pattern: no path tricks
 
@@ -73,7 +75,11 @@ class RunReader:
             if t.kind == "validation-gate"
         ]
         card = LineageStore(self.lineage_db).card(name) if trials else ""
-        return {"name": name, "steps": self._steps(name), "gates": gates, "card": card, "error": error}
+        steps = self._steps(name)
+        charts = chart_groups(metric for step in steps for metric in step["metrics"])
+        gate_charts = gate_chart_groups(metric for g in gates for metric in g["metrics"])
+        return {"name": name, "steps": steps, "charts": charts, "gates": gates, "gate_charts": gate_charts,
+                "card": card, "error": error}  # fmt: skip
 
     def _steps(self, name: str) -> list[dict[str, Any]]:
         run = RunDir(self.runs_dir / name)

@@ -5,16 +5,7 @@
 const HISTORY = 150; // samples kept per series (5 minutes at the default 2 s refresh)
 const COLORS = ["#2b6cb0", "#c05621", "#2f855a", "#9b2c2c", "#6b46c1", "#b7791f", "#2c7a7b", "#97266d"];
 const SVG_NS = "http://www.w3.org/2000/svg";
-// Training curves: each metric goes to the first group whose pattern matches its name.
-const GROUPS = [
-  ["reward", /reward/],
-  ["task pass / task_complete / per-assertion", /task_pass|task_complete|per_assertion|assertion/],
-  ["turns", /turns/],
-  ["learner: π_θ/π_old before the update, clip and TIS/MIS fractions", /^learner\.(ratio_|clip_fraction|is_masked_frac)/],
-  ["KL", /(^|[._])kl($|[._])/],
-  ["step wall split (s)", /^wall\./],
-];
-
+// Which metrics share a chart (by meaning and unit) comes from the API: services/dashboard/charts.py.
 const state = { refreshS: 2, run: new URLSearchParams(location.search).get("run") || "", busy: new Map(), tps: [], pool: [] };
 
 function el(tag, attrs = {}, ...children) {
@@ -89,37 +80,34 @@ function lineChart(title, series, group) {
   return el("div", { class: "chart", "data-group": group }, el("h3", {}, title), svg, legend);
 }
 
-function groupMetrics(steps) {
-  const names = [...new Set(steps.flatMap((s) => Object.keys(s.metrics)))].sort();
-  const groups = new Map();
-  for (const name of names) {
-    const found = GROUPS.find(([, pattern]) => pattern.test(name));
-    const title = found ? found[0] : name.split(".")[0];
-    if (!groups.has(title)) groups.set(title, []);
-    groups.get(title).push({
-      name,
-      points: steps.filter((s) => name in s.metrics).map((s) => [s.step, s.metrics[name]]),
-    });
-  }
-  return groups;
+function seriesOf(points, names) {
+  return names.map((name) => ({
+    name, points: points.filter((p) => name in p.metrics && p.step !== null).map((p) => [p.step, p.metrics[name]]),
+  })).filter((s) => s.points.length);
 }
 
-function renderCurves(steps) {
+// One chart per group of the API's `charts` ({title, unit, metrics}); at most 6 lines per chart stay readable.
+function chartsOf(points, groups) {
+  const charts = [];
+  for (const group of groups) {
+    const series = seriesOf(points, group.metrics);
+    const title = group.unit ? `${group.title} (${group.unit})` : group.title;
+    for (let i = 0; i < series.length; i += 6) {
+      const part = series.slice(i, i + 6);
+      charts.push(lineChart(series.length > 6 ? `${title} ${i / 6 + 1}` : title, part, group.title));
+    }
+  }
+  return charts;
+}
+
+function renderCurves(steps, groups) {
   const box = document.getElementById("curves");
   document.getElementById("step-count").textContent = steps.length ? `${steps.length} steps, last ${steps.at(-1).step}` : "";
   if (!steps.length) { box.replaceChildren(el("p", { class: "small" }, "no step metrics yet")); return; }
-  const charts = [];
-  for (const [title, series] of groupMetrics(steps)) {
-    // Keep a chart readable: at most 6 lines of comparable names per chart.
-    for (let i = 0; i < series.length; i += 6) {
-      const part = series.slice(i, i + 6);
-      charts.push(lineChart(series.length > 6 ? `${title} (${i / 6 + 1})` : title, part, title));
-    }
-  }
-  box.replaceChildren(...charts);
+  box.replaceChildren(...chartsOf(steps, groups));
 }
 
-function renderGates(gates) {
+function renderGates(gates, groups) {
   const box = document.getElementById("gates");
   const rows = document.querySelector("#gate-table tbody");
   if (!gates.length) {
@@ -127,12 +115,7 @@ function renderGates(gates) {
     rows.replaceChildren();
     return;
   }
-  const names = [...new Set(gates.flatMap((g) => Object.keys(g.metrics)))]
-    .filter((n) => /task_pass|task_complete|per_assertion|mean_turns/.test(n)).sort();
-  const series = names.map((name) => ({
-    name, points: gates.filter((g) => name in g.metrics && g.step !== null).map((g) => [g.step, g.metrics[name]]),
-  })).filter((s) => s.points.length);
-  box.replaceChildren(...(series.length ? [lineChart("validation gates", series, "gates")] : []));
+  box.replaceChildren(...chartsOf(gates, groups));
   rows.replaceChildren(
     el("tr", {}, el("th", {}, "step"), el("th", {}, "trial"), el("th", {}, "status"), el("th", {}, "metric")),
     ...gates.map((g) => el("tr", { class: g.status === "keep" ? "best" : "" },
@@ -142,8 +125,8 @@ function renderGates(gates) {
 }
 
 function renderRun(run) {
-  renderCurves(run.steps);
-  renderGates(run.gates);
+  renderCurves(run.steps, run.charts);
+  renderGates(run.gates, run.gate_charts);
   document.getElementById("card").textContent = run.card || "no trials recorded for this run yet";
   const error = document.getElementById("run-error");
   error.hidden = !run.error;
