@@ -71,7 +71,7 @@ def driver_entrypoint(config: Path, overrides: Sequence[str], resume: bool, work
         named = str(config.relative_to(working_dir.resolve()))
     except ValueError:
         named = str(config)
-    argv = [sys.executable, "-m", "services.train", "--config", named]
+    argv = [sys.executable, "-u", "-m", "services.train", "--config", named]  # -u: the followed log keeps up
     for override in overrides:
         argv += ["--set", override]
     return shlex.join(argv + (["--resume"] if resume else []))
@@ -82,7 +82,9 @@ def submit_run(
 ) -> str:
     """Submit the driver for `run_name`; returns the job's submission id."""
     wait_for_job_agent(address)
-    env_vars = {HOME_ENV: str(home), "PYTHONUNBUFFERED": "1"}  # unbuffered: the followed log keeps up with the run
+    # only the home: the driver's own runtime_env (services.cluster.connect) sets other variables, and Ray refuses a
+    # job whose runtime_env sets one of them too
+    env_vars = {HOME_ENV: str(home)}
     return str(
         client(address).submit_job(
             entrypoint=driver_entrypoint(config, overrides, resume, working_dir),

@@ -49,8 +49,8 @@ def test_the_jobs_entrypoint_is_this_interpreter_with_the_config_and_overrides(t
     inside = tmp_path / "deploy" / "c.yaml"
     line = driver_entrypoint(inside, ["rollout.group_size=8", "logging.trackers=[tensorboard, mlflow]"], True, tmp_path)
     assert shlex.split(line) == [
-        sys.executable, "-m", "services.train", "--config", "deploy/c.yaml",  # travels with the working directory
+        sys.executable, "-u", "-m", "services.train", "--config", "deploy/c.yaml",  # travels with the working directory
         "--set", "rollout.group_size=8", "--set", "logging.trackers=[tensorboard, mlflow]", "--resume",
     ]  # fmt: skip
     outside = Path("/elsewhere/c.yaml")
-    assert shlex.split(driver_entrypoint(outside, [], False, tmp_path))[4] == "/elsewhere/c.yaml"
+    assert shlex.split(driver_entrypoint(outside, [], False, tmp_path))[5] == "/elsewhere/c.yaml"

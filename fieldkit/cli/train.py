@@ -67,8 +67,11 @@ def train(
 
 
 def _submit(address: str, run: str, config: Path, overrides: list[str], resume: bool, home: Path) -> None:
+    import logging
+
     from services.jobs import follow, submit_run
 
+    logging.getLogger("ray").setLevel(logging.WARNING)  # not a line per file Ray packs: the job's log is what we show
     with console.status(f"waiting for the job agent of {address}, then submitting"):
         job_id = submit_run(address, run, config, overrides, resume, home, working_dir=Path.cwd())
     console.print(
