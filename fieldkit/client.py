@@ -1,25 +1,24 @@
-"""An OpenAI-compatible chat client (httpx) for any endpoint: vLLM, the project's Serve app, a hosted API.
-
-What it adds over a bare POST:
-- Retries with exponential backoff on what is transient (429, 502, 503, 504, timeouts, refused connections),
-  honouring Retry-After; never on any other 4xx, so a bad request fails at once with the server's message.
+"""An OpenAI-compatible chat client for any endpoint (vLLM, `fieldkit serve`, a hosted API), on the official `openai`
+SDK: the SDK retries what is transient (refused connections, timeouts, 408, 409, 429, 5xx) with exponential backoff
+and jitter, honouring Retry-After, and never retries any other 4xx, so a bad request fails at once with the server's
+message. What this module adds:
 - A context-size guard: the prompt is counted before it is sent (exactly with vLLM's /tokenize, else estimated from
   its bytes), refused with ContextLengthError when it cannot fit, and max_tokens is cut to what is left.
 - Structured output: `json_schema=` asks for schema-constrained JSON through the standard `response_format`
   (vLLM turns it into guided decoding), and `chat_json` parses the reply.
+- One error type, ChatError, with the status and how many attempts were made.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import openai
 
-RETRY_STATUSES = frozenset({429, 502, 503, 504})
 BYTES_PER_TOKEN_ESTIMATE = 3  # conservative for BPE on English/code; used only where the server cannot count
 TOKENS_PER_MESSAGE = 8  # chat-template overhead per message in the estimate
 
@@ -66,25 +65,27 @@ class ChatClient:
         api_key: str | None = None,
         timeout_s: float = 120.0,
         max_retries: int = 4,
-        backoff_s: float = 0.5,
-        max_backoff_s: float = 8.0,
         context_limit: int | None = None,
         min_completion_tokens: int = 16,
-        transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.max_retries = max_retries
-        self.backoff_s = backoff_s
-        self.max_backoff_s = max_backoff_s
         self.context_limit = context_limit
         self.min_completion_tokens = min_completion_tokens
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._http = httpx.Client(timeout=timeout_s, headers=headers, transport=transport)
+        self._attempts = 0  # requests sent for the current call, retries included (an httpx hook counts them)
+        http = httpx.Client(timeout=timeout_s, event_hooks={"request": [self._count]})
+        self._openai = openai.OpenAI(
+            base_url=self.base_url,
+            api_key=api_key or "none",  # the SDK insists on one; servers without keys ignore it
+            timeout=timeout_s,
+            max_retries=max_retries,
+            http_client=http,
+        )
         self._can_tokenize: bool | None = None
 
     def close(self) -> None:
-        self._http.close()
+        self._openai.close()
 
     def __enter__(self) -> ChatClient:
         return self
@@ -92,37 +93,29 @@ class ChatClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # -- transport with retries -------------------------------------------------------------------------------
+    def _count(self, _: httpx.Request) -> None:
+        self._attempts += 1
 
-    def _request(self, method: str, url: str, payload: dict[str, Any] | None = None) -> tuple[dict[str, Any], int]:
-        """JSON response and the number of attempts it took; retries transient failures with backoff."""
-        last = "no attempt made"
-        for attempt in range(1, self.max_retries + 2):
-            retry_after: float | None = None
-            try:
-                response = self._http.request(method, url, json=payload)
-            except (httpx.TimeoutException, httpx.ConnectError, httpx.RemoteProtocolError) as exc:
-                last = f"{type(exc).__name__}: {exc}"
-            else:
-                if response.status_code < 400:
-                    return response.json(), attempt
-                message = _error_message(response)
-                if response.status_code not in RETRY_STATUSES:
-                    kind = ContextLengthError if _is_context_error(message) else ChatError
-                    raise kind(f"{method} {url} -> {response.status_code}: {message}", response.status_code, attempt)
-                last = f"HTTP {response.status_code}: {message}"
-                retry_after = _retry_after(response)
-            if attempt > self.max_retries:
-                break
-            delay = min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1))
-            time.sleep(min(self.max_backoff_s, retry_after) if retry_after is not None else delay)
-        raise ChatError(f"{method} {url} failed after {self.max_retries + 1} attempts: {last}", None, attempt)
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> tuple[Any, int]:
+        """fn's result and the attempts it took; the SDK's errors as ChatError naming `what`, status and cause."""
+        self._attempts = 0
+        try:
+            return fn(*args, **kwargs), self._attempts
+        except openai.APIStatusError as exc:
+            message = _error_message(exc)
+            kind = ContextLengthError if exc.status_code == 400 and _is_context_error(message) else ChatError
+            raise kind(f"{what} -> {exc.status_code}: {message}", exc.status_code, self._attempts) from None
+        except openai.APIConnectionError as exc:  # timeouts included: the SDK retried them already
+            cause = exc.__cause__ or exc
+            raise ChatError(
+                f"{what} failed after {self._attempts} attempts: {type(cause).__name__}: {cause}", None, self._attempts
+            ) from None
 
     # -- discovery --------------------------------------------------------------------------------------------
 
     def models(self) -> list[dict[str, Any]]:
-        data, _ = self._request("GET", f"{self.base_url}/models")
-        return list(data.get("data", []))
+        page, _ = self._call("GET /models", self._openai.models.list)
+        return [m.model_dump() for m in page.data]
 
     def resolve_model(self) -> str:
         if self.model is None:
@@ -142,13 +135,12 @@ class ChatClient:
         return self.context_limit
 
     def count_prompt_tokens(self, messages: list[dict[str, str]]) -> int:
-        """Exact count through vLLM's /tokenize when the server has it; else a conservative estimate."""
+        """Exact count through vLLM's /tokenize (beside /v1) when the server has it; else a conservative estimate."""
         if self._can_tokenize is not False:
-            root = self.base_url.removesuffix("/v1")
+            root = self._openai.with_options(base_url=self.base_url.removesuffix("/v1"))
+            body = {"model": self.resolve_model(), "messages": messages}
             try:
-                data, _ = self._request(
-                    "POST", f"{root}/tokenize", {"model": self.resolve_model(), "messages": messages}
-                )
+                data, _ = self._call("POST /tokenize", root.post, "/tokenize", body=body, cast_to=object)
                 self._can_tokenize = True
                 return int(data["count"])
             except ChatError as exc:
@@ -186,30 +178,34 @@ class ChatClient:
         json_schema: dict[str, Any] | None = None,
         schema_name: str = "reply",
     ) -> ChatReply:
-        payload: dict[str, Any] = {
-            "model": self.resolve_model(),
-            "messages": messages,
-            "max_tokens": self.fit_max_tokens(messages, max_tokens),
-            "temperature": temperature,
-        }
+        model = self.resolve_model()
+        extra: dict[str, Any] = {}
         if seed is not None:
-            payload["seed"] = seed
+            extra["seed"] = seed
         if json_schema is not None:
-            payload["response_format"] = {
+            extra["response_format"] = {
                 "type": "json_schema",
                 "json_schema": {"name": schema_name, "schema": json_schema, "strict": True},
             }
-        data, attempts = self._request("POST", f"{self.base_url}/chat/completions", payload)
-        choice = data["choices"][0]
-        usage = data.get("usage") or {}
+        reply, attempts = self._call(
+            "POST /chat/completions",
+            self._openai.chat.completions.create,
+            model=model,
+            messages=messages,  # type: ignore[arg-type]  # plain role/content dicts
+            max_tokens=self.fit_max_tokens(messages, max_tokens),
+            temperature=temperature,
+            **extra,
+        )
+        choice = reply.choices[0]
+        usage = reply.usage
         return ChatReply(
-            text=choice["message"].get("content") or "",
-            finish_reason=choice.get("finish_reason"),
-            prompt_tokens=usage.get("prompt_tokens"),
-            completion_tokens=usage.get("completion_tokens"),
-            model=data.get("model", payload["model"]),
+            text=choice.message.content or "",
+            finish_reason=choice.finish_reason,
+            prompt_tokens=usage.prompt_tokens if usage else None,
+            completion_tokens=usage.completion_tokens if usage else None,
+            model=reply.model or model,
             attempts=attempts,
-            raw=data,
+            raw=reply.model_dump(),
         )
 
     def chat_json(self, messages: list[dict[str, str]], json_schema: dict[str, Any], **kwargs: Any) -> Any:
@@ -225,25 +221,14 @@ class ChatClient:
             ) from exc
 
 
-def _error_message(response: httpx.Response) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        return response.text[:500]
+def _error_message(exc: openai.APIStatusError) -> str:
+    body = exc.body
     error = body.get("error", body) if isinstance(body, dict) else body
     if isinstance(error, dict):
         return str(error.get("message", error))[:500]
-    return str(error)[:500]
+    return str(error if error is not None else exc.response.text)[:500]
 
 
 def _is_context_error(message: str) -> bool:
     lowered = message.lower()
     return "context length" in lowered or "maximum context" in lowered or "too long" in lowered
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after")
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
-        return None

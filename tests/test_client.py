@@ -1,4 +1,5 @@
-"""fieldkit.client over real HTTP: retries, backoff, no retry on 400, the context guard, structured JSON.
+"""fieldkit.client over real HTTP: the openai SDK's retries and backoff as the client reports them, no retry on
+400, the context guard, structured JSON.
 
 The faults (429, 503, a stalled server) come from a scripted local HTTP server: a real vLLM server does not return
 them on demand. The same client against the real vLLM CPU engine is tested in test_gym_synth.py.
@@ -80,7 +81,7 @@ def server() -> Iterator[ScriptedServer]:
 
 
 def client_for(server: ScriptedServer, **kwargs) -> ChatClient:
-    return ChatClient(server.url, "m", backoff_s=0.01, max_backoff_s=0.05, **kwargs)
+    return ChatClient(server.url, "m", **kwargs)
 
 
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -127,9 +128,10 @@ def test_a_refused_connection_is_retried_then_reported() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    client = ChatClient(f"http://127.0.0.1:{port}/v1", "m", backoff_s=0.01, max_retries=1)
-    with pytest.raises(ChatError, match="ConnectError"):
+    client = ChatClient(f"http://127.0.0.1:{port}/v1", "m", max_retries=1)
+    with pytest.raises(ChatError, match="ConnectError") as err:
         client.chat(MESSAGES, max_tokens=10)
+    assert err.value.attempts == 2
 
 
 def test_context_guard_refuses_or_trims_before_sending(server) -> None:
