@@ -78,24 +78,26 @@ def head_cluster():
 
 
 def submit_job(
-    address: str, working_dir: Path, entrypoint: list[str], timeout: float
+    address: str, working_dir: Path, entrypoint: list[str], timeout: float, options: tuple[str, ...] = ()
 ) -> subprocess.CompletedProcess[str]:
-    """`ray job submit` as the README says, once the head's job agent answers (`wait_for_job_agent`)."""
+    """`ray job submit [options]` as the README says, once the head's job agent answers (`wait_for_job_agent`)."""
     from services.cluster import client_env
     from services.jobs import wait_for_job_agent
 
     wait_for_job_agent(address)
-    command = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", address]
+    command = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", address, *options]
     command += ["--working-dir", str(working_dir), "--", *entrypoint]
     return subprocess.run(command, env=client_env(), capture_output=True, text=True, timeout=timeout)
 
 
 def write_run_config(
-    tmp: Path, run_name: str, max_steps: int, n_train: int = 12, n_validation: int = 2, **sections: dict
-) -> Path:
+    tmp: Path, run_name: str, max_steps: int, n_train: int = 12, n_validation: int = 2, relative: bool = False,
+    **sections: dict,
+) -> Path:  # fmt: skip
     """A small run on the tiny model (2 tasks x 2 rollouts a step) in `tmp`, its corpus 2 tasks per persona (16)
     with `n_train` of them for training (12, 2 a step: the pool cannot saturate and stop a short run early),
-    `n_validation` for the gates and the rest for test; `sections` override config sections."""
+    `n_validation` for the gates and the rest for test; `sections` override config sections. `relative`: the run's
+    paths are written relative to `tmp` (for a run whose project home is `tmp`); the model cache stays shared."""
     import yaml
 
     from fieldkit.gym.corpus import write_corpus
@@ -119,6 +121,9 @@ def write_run_config(
             "lineage_db": str(tmp / "runs" / "lineage.db"),
         },
     }
+    if relative:
+        config["paths"] = {"runs_dir": "runs", "models_dir": config["paths"]["models_dir"], "corpus_dir": "corpus",
+                           "lineage_db": "runs/lineage.db"}  # fmt: skip
     for section, values in sections.items():
         config[section] = {**config.get(section, {}), **values}
     path = tmp / f"{run_name}.yaml"

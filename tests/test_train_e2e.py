@@ -2,8 +2,9 @@
 
 One driver is killed (SIGKILL) in the middle of its second step and resumed: the run must finish with every step
 exactly once, the adapter version advancing with each step and served by the policy server, and match a run of
-the same seed that nobody killed, step by step. Another run goes through `ray job submit` against a `ray start --head`
-cluster, and a pipelined one overlaps each step's rollouts with the step before it.
+the same seed that nobody killed, step by step. Another run goes through `fieldkit train --address` (the Job SDK)
+to a `ray start --head` cluster, followed by README's `ray job submit` line, stopped with `fieldkit train --stop`;
+a pipelined one (`fieldkit train` in-process) overlaps each step's rollouts with the step before it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import submit_job, write_run_config
 
 from fieldkit.lineage import LineageStore
@@ -87,37 +89,100 @@ def test_driver_killed_mid_step_resumes_to_the_same_run_as_an_uninterrupted_one(
     assert (run.best / "adapter_config.json").exists() and (run.best / "adapter_ref.json").exists()
 
 
-def test_ray_job_submit_runs_the_driver(tiny_model_dir, tmp_path: Path, head_cluster: str) -> None:
-    config = write_run_config(tmp_path, "job", max_steps=1)
-    ray_cli = str(Path(sys.executable).parent / "ray")
-    env = client_env()
-    address = ["--address", head_cluster]
-    entrypoint = ["python", "-m", "services.train", "--config", str(config)]
-    submit = submit_job(head_cluster, REPO, entrypoint, timeout=900)
-    assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
-    job_id = next(w.strip("'") for w in submit.stdout.split() if w.strip("'").startswith("raysubmit_"))
-    status = subprocess.run([ray_cli, "job", "status", *address, job_id], env=env, capture_output=True, text=True)
-    assert "succeeded" in status.stdout.lower()
-    logs = subprocess.run([ray_cli, "job", "logs", *address, job_id], env=env, capture_output=True, text=True)
-    assert "job: finished 1 steps" in logs.stdout
-    # the job's log reads like a console: where the logs went, a line per step, no engine dump (that is in its file)
+def tensorboard_scalars(log_dir: Path, tag: str) -> list[tuple[int, float]]:
+    """(step, value) of one scalar, read back with TensorBoard's own event reader."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(log_dir))
+    events.Reload()
+    return [(e.step, e.value) for e in events.Scalars(tag)]
+
+
+def fieldkit_train(*args: str, home: Path, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    """`fieldkit train ...` from the repository root, as a user runs it, with `home` as FIELDKIT_HOME."""
+    env = {**client_env(), "FIELDKIT_HOME": str(home), "RAY_ADDRESS": ""}
+    command = [sys.executable, "-m", "fieldkit.cli", "train", *args]
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_fieldkit_train_address_submits_through_the_job_sdk_and_follows_the_log(
+    tiny_model_dir, tmp_path: Path, head_cluster: str
+) -> None:
+    """The run's paths are relative: they must land under FIELDKIT_HOME, not in Ray's copy of the working dir."""
+    config = write_run_config(tmp_path, "job", max_steps=1, relative=True)
+    trackers = "logging.trackers=[tensorboard, mlflow]"
+    done = fieldkit_train("--config", str(config), "--address", head_cluster, "--set", trackers, home=tmp_path)
+    out = done.stdout
+    assert done.returncode == 0, out[-3000:] + done.stderr[-3000:]
+    job_id = next(w for w in out.split() if w.startswith("fieldkit-job-"))
+    # the job's log, followed: where the logs went (under the home), a line per step, no engine dump, the end
     log_dir = tmp_path / "runs" / "job" / "logs"
-    assert f"logs (Ray, vLLM, the actors): {log_dir}/" in logs.stdout
-    assert "step 1/1:" in logs.stdout and "Initializing a V1 LLM engine" not in logs.stdout
+    assert f"logs (Ray, vLLM, the actors): {log_dir}/" in out
+    assert "step 1/1:" in out and "job: finished 1 steps" in out and f"job {job_id}: SUCCEEDED" in out
+    assert "Initializing a V1 LLM engine" not in out
     assert "Initializing a V1 LLM engine" in "".join(log.read_text() for log in log_dir.glob("policy-*.log"))
-    assert RunDir(tmp_path / "runs" / "job").step_episodes(1).exists()
+    from ray.job_submission import JobSubmissionClient
+
+    from services.jobs import auth_headers
+
+    info = JobSubmissionClient(head_cluster, headers=auth_headers()).get_job_info(job_id)
+    assert info.entrypoint.startswith(f"{sys.executable} -u -m services.train --config ")  # this venv's Python
+    assert info.metadata["fieldkit.run"] == "job"
+    trials = LineageStore(tmp_path / "runs" / "lineage.db").trials("job")
+    assert [t.trial_id for t in trials] == ["job/gate-0000", "job/step-0001", "job/gate-0001"]
+    reward = next(t for t in trials if t.kind == "rl-step").metrics["train.reward"]
+    assert tensorboard_scalars(tmp_path / "runs" / "job" / "tensorboard", "train/reward") == [
+        (1, pytest.approx(reward))
+    ]
+    from mlflow.tracking import MlflowClient
+
+    mlflow = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    (run,) = mlflow.search_runs([mlflow.get_experiment_by_name("fieldkit").experiment_id])
+    assert [(m.step, m.value) for m in mlflow.get_metric_history(run.info.run_id, "train.reward")] == [
+        (1, pytest.approx(reward))
+    ]
+
+    # README's own line (`ray job submit ... -- python -m services.train`): the cluster's python starts the driver;
+    # then `fieldkit train --stop` stops the job by its id
+    raw = write_run_config(tmp_path, "raw", max_steps=3)
+    entrypoint = ["python", "-m", "services.train", "--config", str(raw)]
+    submitted = submit_job(head_cluster, REPO, entrypoint, timeout=120, options=("--no-wait",))
+    assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
+    raw_id = next(w.strip("'") for w in submitted.stdout.split() if w.strip("'").startswith("raysubmit_"))
+    ray_cli, address = str(Path(sys.executable).parent / "ray"), ["--address", head_cluster]
+    deadline = time.monotonic() + 300
+    while "logs (Ray, vLLM, the actors)" not in (logs := job_cli(ray_cli, "logs", address, raw_id)):
+        assert "failed" not in job_cli(ray_cli, "status", address, raw_id).lower(), logs[-3000:]
+        assert time.monotonic() < deadline, logs[-3000:]
+        time.sleep(1)
+    stopped = fieldkit_train("--stop", raw_id, "--address", head_cluster, home=tmp_path, timeout=60)
+    assert stopped.returncode == 0 and f"stopping {raw_id}" in stopped.stdout, stopped.stdout + stopped.stderr
+    while "stopped" not in job_cli(ray_cli, "status", address, raw_id).lower():
+        assert time.monotonic() < deadline, "the job did not stop"
+        time.sleep(1)
+    again = fieldkit_train("--stop", "raw", "--address", head_cluster, home=tmp_path, timeout=60)
+    assert again.returncode == 1 and "no pending or running job of run 'raw'" in again.stderr
+
+
+def job_cli(ray_cli: str, what: str, address: list[str], job_id: str) -> str:
+    return subprocess.run(
+        [ray_cli, "job", what, *address, job_id], env=client_env(), capture_output=True, text=True
+    ).stdout
 
 
 def test_pipelined_run_rolls_out_the_next_step_while_the_learner_trains(tiny_model_dir, tmp_path: Path) -> None:
-    config = write_run_config(
-        tmp_path, "pipelined", max_steps=3, rollout={"max_staleness": 1}, eval={"every_n_steps": 3},
-        checkpoint={"keep_last": 2},  # the fewest pipelining allows: step n+1's rollouts still use v(n-1)
-    )  # fmt: skip
-    done = driver(config, tmp_path / "driver.log")
-    done.wait(timeout=900)
-    output = (tmp_path / "driver.log").read_text()
-    assert done.returncode == 0 and "finished 3 steps" in output, output[-3000:]
+    # `fieldkit train` in-process, the pipelining set from the command line (keep_last 2: the fewest pipelining
+    # allows, step n+1's rollouts still use v(n-1)), the paths relative to the project home
+    config = write_run_config(tmp_path, "pipelined", max_steps=3, relative=True)
+    sets = ["rollout.max_staleness=1", "eval.every_n_steps=3", "checkpoint.keep_last=2"]
+    done = fieldkit_train("--config", str(config), *[f"--set={s}" for s in sets], home=tmp_path)
+    output = done.stdout
+    assert done.returncode == 0 and "finished 3 steps" in output, output[-3000:] + done.stderr[-3000:]
     run = RunDir(tmp_path / "runs" / "pipelined")
+    assert yaml.safe_load((run.root / "config.yaml").read_text())["rollout"]["max_staleness"] == 1
+    rewards = tensorboard_scalars(run.root / "tensorboard", "train/reward")  # the default tracker, every step once
+    assert [step for step, _ in rewards] == [1, 2, 3]
+    assert [s for s, _ in tensorboard_scalars(run.root / "tensorboard", "validation/reward")] == [0, 3]
     stale = []
     for step in (1, 2, 3):
         episodes = read_episodes(run.step_episodes(step))

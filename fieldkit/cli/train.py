@@ -71,9 +71,12 @@ def _submit(address: str, run: str, config: Path, overrides: list[str], resume: 
 
     from services.jobs import follow, submit_run
 
-    logging.getLogger("ray").setLevel(logging.WARNING)  # not a line per file Ray packs: the job's log is what we show
-    with console.status(f"waiting for the job agent of {address}, then submitting"):
-        job_id = submit_run(address, run, config, overrides, resume, home, working_dir=Path.cwd())
+    logging.disable(logging.WARNING)  # Ray's packaging notes (a line per ignored file), not what a person reads
+    try:
+        with console.status(f"waiting for the job agent of {address}, then submitting"):
+            job_id = submit_run(address, run, config, overrides, resume, home, working_dir=Path.cwd())
+    finally:
+        logging.disable(logging.NOTSET)
     console.print(
         f"submitted run {run} as job {job_id} to {address} (home {home}); following its log, Ctrl-C detaches",
         markup=False, highlight=False, soft_wrap=True,
