@@ -102,4 +102,6 @@ def _stop(address: str, run: str) -> None:
     if not stopped:
         err_console.print(f"no pending or running job of run {run!r} on {address}", markup=False, highlight=False)
         raise typer.Exit(1)
-    console.print(f"stopping {', '.join(stopped)} (SIGTERM, then SIGKILL after Ray's grace period)", markup=False)
+    console.print(
+        f"stopping {', '.join(stopped)} (SIGTERM, then SIGKILL after Ray's grace period)", markup=False, soft_wrap=True
+    )
