@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 TINY_MODEL = "tiny"  # the embedded default: the tiny Qwen2 the project builds itself (fieldkit.tiny_model)
 TINY_AGENT_MODEL = "tiny-agent"  # the tiny model after a protocol prior on invented chores (fieldkit.agent_prior)
@@ -327,8 +327,22 @@ class ServeConfig(Section):
     base_name: str | None = Field(
         None, description="model id of the base model in /v1/models; None = the model's directory or hub name"
     )
-    api_key: str | None = Field(
-        None, description="Bearer key clients must send; FIELDKIT_API_KEY overrides it; neither = no key asked"
+    # Keys are secrets: excluded from every dump, so never in config.yaml, lineage, the config hash or `explain`.
+    api_key: SecretStr | None = Field(
+        None,
+        exclude=True,
+        description="Bearer key for inference; FIELDKIT_API_KEY overrides it; required unless host is loopback",
+    )
+    admin_key: SecretStr | None = Field(
+        None,
+        exclude=True,
+        description="Bearer key for publishing adapters (POST /v1/adapters); FIELDKIT_ADMIN_KEY overrides; none = off",
+    )
+    stream_window_s: float = Field(
+        0.02,
+        ge=0.0,
+        le=0.5,
+        description="tokens sampled within this window travel as one stream chunk: early first token, fewer messages",
     )
 
 

@@ -95,6 +95,53 @@ class GenerateResult(BaseModel):
         return self
 
 
+class GenerateDelta(BaseModel):
+    """A piece of a streamed reply: the tokens sampled since the previous piece and the text they completed.
+
+    The pieces of one reply join to its GenerateResult (`join_deltas`): token ids, log-probs and text concatenate,
+    so streamed text is exactly the non-streamed text. The first piece carries the prompt ids; the last one the
+    finish reason (text held back for a possible stop string is released or dropped there).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    token_ids: list[int] = Field(default_factory=list)
+    text: str = ""
+    logprobs: list[float] = Field(default_factory=list)
+    top_logprobs: list[dict[int, float]] | None = None
+    finish_reason: Literal["stop", "length"] | None = None
+    prompt_token_ids: list[int] | None = None
+
+
+def merge_deltas(deltas: list[GenerateDelta]) -> GenerateDelta:
+    """Consecutive pieces of one reply as one piece."""
+    if not deltas:
+        raise ValueError("no pieces to merge")
+    tops = [d.top_logprobs for d in deltas]
+    return GenerateDelta(
+        token_ids=[t for d in deltas for t in d.token_ids],
+        text="".join(d.text for d in deltas),
+        logprobs=[lp for d in deltas for lp in d.logprobs],
+        top_logprobs=None if all(t is None for t in tops) else [row for t in tops for row in t or []],
+        finish_reason=deltas[-1].finish_reason,
+        prompt_token_ids=next((d.prompt_token_ids for d in deltas if d.prompt_token_ids is not None), None),
+    )
+
+
+def join_deltas(deltas: list[GenerateDelta]) -> GenerateResult:
+    """The whole reply a finished stream of pieces makes."""
+    whole = merge_deltas(deltas)
+    if whole.finish_reason is None or whole.prompt_token_ids is None:
+        raise ValueError("the stream did not finish: no finish reason or no prompt ids")
+    return GenerateResult(
+        prompt_token_ids=whole.prompt_token_ids,
+        token_ids=whole.token_ids,
+        text=whole.text,
+        logprobs=whole.logprobs,
+        top_logprobs=whole.top_logprobs,
+        finish_reason=whole.finish_reason,
+    )
+
+
 class ProbeCheck(BaseModel):
     """The engine's log-probs of an adapter's probe against the learner's."""
 
@@ -132,4 +179,6 @@ class PolicyHealth(BaseModel):
     tokens_per_s: float  # generated tokens per second over the stats window
     busy_fraction: float  # share of the stats window with at least one request in flight
     adapters: dict[str, int]  # name -> newest serving version
+    engine_requests: int = 0  # requests the engine itself holds (running or waiting): 0 when nothing is left over
+    streams_cancelled: int = 0  # streams that ended before their last piece: the reader went away (or an error)
     error: str | None = None  # why the engine is not ok

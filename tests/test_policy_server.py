@@ -270,6 +270,35 @@ def test_max_tokens_context_and_stop_strings(server: Any) -> None:
     assert stopped.token_ids == free.token_ids[: len(stopped.token_ids)]
 
 
+def test_streamed_pieces_join_to_the_reply_and_a_cancelled_stream_frees_the_engine(server: Any) -> None:
+    import time
+
+    import ray
+
+    free = GenerateRequest(prompt_token_ids=[1, 5, 9], max_tokens=24, temperature=0.0, top_logprobs=2)
+    whole = call(server, "generate", free)
+    stop = whole.text[len(whole.text) // 2 :][:2]
+    for request in (free, free.model_copy(update={"stop": [stop]})):
+        expected = call(server, "generate", request)
+        pieces = [ray.get(ref) for ref in server.generate_stream.remote(request)]
+        assert [p.finish_reason for p in pieces][-1] == expected.finish_reason
+        assert all(p.finish_reason is None for p in pieces[:-1]) and pieces[0].prompt_token_ids == [1, 5, 9]
+        assert "".join(p.text for p in pieces) == expected.text
+        assert [t for p in pieces for t in p.token_ids] == expected.token_ids
+        assert len([t for p in pieces for t in p.top_logprobs]) == len(expected.token_ids)
+
+    before = call(server, "health").streams_cancelled
+    long = GenerateRequest(prompt_token_ids=[1, 5, 9], max_tokens=MAX_MODEL_LEN - 4, temperature=0.0)
+    stream = server.generate_stream.remote(long)
+    ray.get(next(stream))  # generating now
+    ray.cancel(stream)
+    deadline = time.monotonic() + 30
+    while (health := call(server, "health")).engine_requests or health.requests_in_flight:
+        assert time.monotonic() < deadline, health
+        time.sleep(0.1)
+    assert health.streams_cancelled == before + 1
+
+
 def test_many_requests_in_flight_and_load_figures(server: Any) -> None:
     import ray
 

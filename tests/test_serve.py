@@ -28,6 +28,7 @@ pytestmark = [pytest.mark.engine, pytest.mark.ray]
 
 REPO = Path(__file__).resolve().parent.parent
 API_KEY = "test-key-7f3a"
+ADMIN_KEY = "admin-key-2c9e"
 MAX_MODEL_LEN = 512
 MESSAGES = [{"role": "user", "content": "List the files in the workspace."}]
 
@@ -55,7 +56,7 @@ def endpoint(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
         {
             "model": {"engine": "vllm", "max_model_len": MAX_MODEL_LEN},
             "paths": {"models_dir": str(REPO / "runs" / "models"), "runs_dir": str(root / "runs")},
-            "serve": {"port": free_port(), "api_key": API_KEY, "app_name": "fieldkit-test"},
+            "serve": {"port": free_port(), "api_key": API_KEY, "admin_key": ADMIN_KEY, "app_name": "fieldkit-test"},
         }
     )
     ray.init(address="local", num_cpus=4, include_dashboard=False)  # never a `ray start` cluster
@@ -105,14 +106,36 @@ def test_chat_answers_with_usage_counted_in_tokens(client: openai.OpenAI, tokeni
 def test_stream_joins_to_the_non_streamed_reply(client: openai.OpenAI) -> None:
     kwargs = {"model": "agent", "messages": MESSAGES, "max_tokens": 16, "temperature": 0.0, "seed": 5}
     whole = client.chat.completions.create(**kwargs)
-    chunks = list(client.chat.completions.create(**kwargs, stream=True, stream_options={"include_usage": True}))
+    chunks = list(
+        client.chat.completions.create(**kwargs, stream=True, stream_options={"include_usage": True}, logprobs=True)
+    )
     pieces = [c.choices[0].delta.content or "" for c in chunks if c.choices]
     finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
     assert "".join(pieces) == whole.choices[0].message.content
     assert finishes == [whole.choices[0].finish_reason]
     assert chunks[0].choices[0].delta.role == "assistant"
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
-    assert len(pieces) == 1 + whole.usage.completion_tokens + 1  # a role chunk, one per token, a finish chunk
+    streamed = [t for c in chunks if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.content]
+    assert len(streamed) == whole.usage.completion_tokens  # every token's log-prob, in whichever chunk it came
+
+
+def test_a_streamed_reply_arrives_as_it_is_generated(client: openai.OpenAI) -> None:
+    """64 tokens come in many chunks (tokens of one ~20 ms window share one), the first long before the last."""
+    kwargs = {"model": "tiny", "prompt": [1, 5, 9], "max_tokens": 64, "temperature": 1.0, "seed": 11}
+    for _ in range(2):  # the second run is the measured one: the first may pay a cold path
+        started = time.perf_counter()
+        arrivals = []
+        tokens = 0
+        for chunk in client.completions.create(**kwargs, stream=True, stream_options={"include_usage": True}):
+            if chunk.choices and chunk.choices[0].text:
+                arrivals.append(time.perf_counter() - started)
+            if chunk.usage is not None:
+                tokens = chunk.usage.completion_tokens
+        total = time.perf_counter() - started
+    assert tokens == 64, "the seeded reply must run to max_tokens for this test to measure anything"
+    print(f"\n64-token stream: {len(arrivals)} chunks, first {arrivals[0]:.3f} s of {total:.3f} s")
+    assert len(arrivals) >= 8
+    assert arrivals[0] < total / 2
 
 
 def first_token_distribution(client: openai.OpenAI, model: str) -> dict[str, float]:
@@ -227,14 +250,41 @@ def test_publish_hot_loads_a_verified_version_without_restart(endpoint, client: 
     assert first_token_distribution(client, "agent") != before
     assert [(r.name, r.version) for r in PublishedAdapters(published_dir(endpoint["config"])).refs()] == [("agent", 2)]
 
-    probe = v2.probe.model_copy(update={"logprobs": [lp - 1.0 for lp in v2.probe.logprobs]})
-    tampered = v2.model_copy(update={"version": 3, "probe": probe})  # not what the weights on disk give
-    response = post(endpoint, "/adapters", tampered.model_dump_json())
-    assert response.status_code == 422, response.text
-    assert response.json()["error"]["code"] == "adapter_rejected" and "v2 keeps serving" in response.text
     with pytest.raises(AdapterRejectedError, match="not newer"):
         publish_adapter(v2, app_name="fieldkit-test")
     assert client.models.retrieve("agent").model_extra["version"] == 2
+
+
+def test_publishing_over_http_takes_the_admin_key_and_run_storage_only(endpoint, client: openai.OpenAI) -> None:
+    runs = Path(endpoint["config"].paths.runs_dir)
+    v3 = write_adapter(endpoint["model_dir"], runs / "run-a" / "adapters" / "run-a-v3", "agent", 3, seed=3)
+    body = json.dumps({"run": "run-a", "version": 3, "name": "agent"})
+    assert post(endpoint, "/adapters", body).status_code == 401  # the inference key cannot publish
+    assert post(endpoint, "/adapters", body, key=None).status_code == 401
+
+    arbitrary = post(endpoint, "/adapters", json.dumps({"run": "run-a", "version": 3, "path": v3.path}), ADMIN_KEY)
+    assert arbitrary.status_code == 400 and "Unrecognized request argument supplied: path" in arbitrary.text
+    escape = post(endpoint, "/adapters", json.dumps({"run": "../run-a", "version": 3}), ADMIN_KEY)
+    assert escape.status_code == 400 and escape.json()["error"]["param"] == "run"
+    missing = post(endpoint, "/adapters", json.dumps({"run": "run-a", "version": 9}), ADMIN_KEY)
+    assert missing.status_code == 404 and "run 'run-a' version 9" in missing.text and "versions: 3" in missing.text
+
+    probe = v3.probe.model_copy(update={"logprobs": [lp - 1.0 for lp in v3.probe.logprobs]})
+    tampered_dir = runs / "run-a" / "adapters" / "run-a-v4"  # weights of v3, a probe they do not give
+    write_adapter(endpoint["model_dir"], tampered_dir, "agent", 4, seed=3)
+    (tampered_dir / "adapter_ref.json").write_text(
+        v3.model_copy(update={"version": 4, "probe": probe}).model_dump_json()
+    )
+    refused = post(endpoint, "/adapters", json.dumps({"run": "run-a", "version": 4, "name": "agent"}), ADMIN_KEY)
+    assert refused.status_code == 422 and refused.json()["error"]["code"] == "adapter_rejected"
+    assert "keeps serving" in refused.text
+
+    published = post(endpoint, "/adapters", body, ADMIN_KEY)
+    assert published.status_code == 200, published.text
+    assert [(a["name"], a["version"]) for a in published.json()["data"]] == [("agent", 3)]
+    assert client.models.retrieve("agent").model_extra["version"] == 3
+    for response in (missing, refused, arbitrary, published):
+        assert str(endpoint["root"]) not in response.text  # no server path in any answer
 
 
 def test_fifty_concurrent_streams_complete_without_error(endpoint) -> None:
@@ -299,3 +349,40 @@ def test_a_burst_of_500_short_requests_completes_without_error(endpoint) -> None
     p99 = latencies[min(len(latencies) - 1, round(0.99 * len(latencies)))]
     rate = 500 / wall
     print(f"\n500-request burst: p50 {statistics.median(latencies):.2f} s, p99 {p99:.2f} s, {rate:.0f} requests/s")
+
+
+def test_a_client_that_leaves_mid_stream_frees_its_engine_slot(endpoint) -> None:
+    import ray
+
+    from services.serve.app import POLICY_ACTOR_PREFIX
+
+    named = ray.util.list_named_actors(all_namespaces=True)
+    (found,) = [a for a in named if a["name"].startswith(POLICY_ACTOR_PREFIX + "fieldkit-test")]
+    policy = ray.get_actor(found["name"], namespace=found["namespace"])
+    before = ray.get(policy.health.remote()).streams_cancelled
+    body = {"model": "tiny", "prompt": [1, 5, 9], "max_tokens": MAX_MODEL_LEN - 8, "stream": True, "seed": 1}
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    with httpx.stream("POST", endpoint["info"].base_url + "/completions", json=body, headers=headers, timeout=120) as r:
+        lines = r.iter_lines()
+        assert next(line for line in lines if line.startswith("data: "))  # generating now
+        assert ray.get(policy.health.remote()).engine_requests == 1
+    deadline = time.monotonic() + 30  # the connection is closed: the engine drops the request
+    while (health := ray.get(policy.health.remote())).engine_requests or health.requests_in_flight:
+        assert time.monotonic() < deadline, health
+        time.sleep(0.1)
+    assert health.streams_cancelled == before + 1
+
+
+def test_keys_reach_neither_the_run_directory_nor_the_logs(endpoint) -> None:
+    """Runs last in the module: everything the tests above made the endpoint write is on disk by now."""
+    import ray
+
+    session = Path(ray._private.worker._global_node.get_session_dir_path())
+    roots = [Path(endpoint["config"].paths.runs_dir), session / "logs"]
+    searched = 0
+    for root in roots:
+        for path in (p for p in root.rglob("*") if p.is_file()):
+            data = path.read_bytes()
+            searched += 1
+            assert API_KEY.encode() not in data and ADMIN_KEY.encode() not in data, path
+    assert searched > 10

@@ -27,7 +27,10 @@ def serve(
     ] = None,
     port: Annotated[int | None, typer.Option("--port", min=1, max=65535, help="HTTP port (serve.port)")] = None,
     host: Annotated[str | None, typer.Option("--host", help="bind address (serve.host, 127.0.0.1)")] = None,
-    config: Annotated[Path | None, typer.Option("--config", help="RunConfig YAML: model, engine, paths")] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", help="RunConfig YAML: model, engine, paths (default: the adapter run's config.yaml)"),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the endpoint as JSON once it serves")] = False,
 ) -> None:
     """Serve the base model and adapters at http://HOST:PORT/v1 until interrupted (Ctrl-C or SIGTERM)."""
@@ -42,14 +45,22 @@ def serve(
 
     from services.serve import AdapterSource, start_endpoint, stop_endpoint
     from services.serve.adapters import AdapterDirError
+    from services.serve.launch import EndpointStartError, config_from_runs
 
     sources = [AdapterSource(path, names[i] if i < len(names) else None) for i, path in enumerate(adapters)]
     try:
+        if config is None:  # the base model the adapters were trained on, not the default tiny one
+            cfg, run_config = config_from_runs(sources, cfg)
+            if run_config is not None:
+                console.print(f"base model {cfg.model.name_or_path} ({cfg.model.engine}) from {run_config}")
         with console.status("starting Ray Serve and the policy engine"):
             endpoint = start_endpoint(cfg, sources)
     except (AdapterDirError, ValueError) as exc:
         err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
+    except EndpointStartError as exc:  # one message and an exit: Serve does not start the replica again
+        err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
     if as_json:
         print(json.dumps({"base_url": endpoint.base_url, "models": endpoint.models, "ray": endpoint.ray_dashboard_url}))
     else:

@@ -8,11 +8,12 @@ name serves, probe verification, input checks, eviction, metrics — is the serv
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 from fieldkit.config import LoraConfig, ModelConfig
-from fieldkit.generation import GenerateRequest, GenerateResult
+from fieldkit.generation import GenerateDelta, GenerateRequest, GenerateResult, join_deltas
 
 
 @dataclass(frozen=True)
@@ -47,10 +48,21 @@ class Engine(ABC):
         """Rows of the embedding: valid token ids are below it."""
 
     @abstractmethod
+    def stream(
+        self, prompt_ids: list[int], request: GenerateRequest, max_tokens: int, lora: EngineLora | None
+    ) -> AsyncIterator[GenerateDelta]:
+        """Sample a reply to `prompt_ids` (already checked against vocab and context), yielding pieces as the tokens
+        are sampled; closing or cancelling the iterator stops the request and frees its place in the engine."""
+
     async def generate(
         self, prompt_ids: list[int], request: GenerateRequest, max_tokens: int, lora: EngineLora | None
     ) -> GenerateResult:
-        """Sample a reply to `prompt_ids` (already checked against vocab and context). adapter fields left unset."""
+        """The whole reply at once (adapter fields left unset); engines with a cheaper path override it."""
+        return join_deltas([d async for d in self.stream(prompt_ids, request, max_tokens, lora)])
+
+    @abstractmethod
+    def running_requests(self) -> int:
+        """Requests the engine holds now, running or waiting."""
 
     @abstractmethod
     async def score(self, prompt_ids: list[int], continuation_ids: list[int], lora: EngineLora | None) -> list[float]:

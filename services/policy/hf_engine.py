@@ -10,11 +10,12 @@ lock that serialises all model work.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import threading
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import Any, Literal
 
-from fieldkit.generation import SAMPLING_EPS, GenerateRequest, GenerateResult, logprob_temperature
+from fieldkit.generation import SAMPLING_EPS, GenerateDelta, GenerateRequest, logprob_temperature
 from services.policy.engine import Engine, EngineLora
 
 
@@ -24,6 +25,7 @@ class HfEngine(Engine):
 
     async def start(self) -> None:
         self._lock = asyncio.Lock()
+        self._running = 0
         await asyncio.to_thread(self._load)
 
     def _load(self) -> None:
@@ -66,14 +68,52 @@ class HfEngine(Engine):
         async with self._lock:
             return await asyncio.to_thread(fn, *args)
 
-    async def generate(
+    async def stream(
         self, prompt_ids: list[int], request: GenerateRequest, max_tokens: int, lora: EngineLora | None
-    ) -> GenerateResult:
-        return await self._run(self._generate, prompt_ids, request, max_tokens, lora)
+    ) -> AsyncIterator[GenerateDelta]:
+        """The decoding loop runs in a thread under the model lock and hands each piece to this coroutine (a
+        streamer); closing or cancelling the iterator tells the loop to stop at its next token."""
+        loop = asyncio.get_running_loop()
+        pieces: asyncio.Queue[GenerateDelta | BaseException | None] = asyncio.Queue()
+        stop = threading.Event()
 
-    def _generate(
-        self, prompt_ids: list[int], request: GenerateRequest, max_tokens: int, lora: EngineLora | None
-    ) -> GenerateResult:
+        def put(item: GenerateDelta | BaseException | None) -> None:
+            loop.call_soon_threadsafe(pieces.put_nowait, item)
+
+        def run() -> None:
+            try:
+                for piece in self._decode(prompt_ids, request, max_tokens, lora, stop):
+                    put(piece)
+                put(None)
+            except BaseException as exc:  # the reader re-raises it
+                put(exc)
+
+        async with self._lock:
+            self._running += 1
+            worker = loop.run_in_executor(None, run)
+            try:
+                while (item := await pieces.get()) is not None:
+                    if isinstance(item, BaseException):
+                        raise item
+                    yield item
+            finally:
+                stop.set()
+                await asyncio.shield(worker)  # the model is free again only once the loop has let go of it
+                self._running -= 1
+
+    def running_requests(self) -> int:
+        return self._running
+
+    def _decode(
+        self,
+        prompt_ids: list[int],
+        request: GenerateRequest,
+        max_tokens: int,
+        lora: EngineLora | None,
+        stop: threading.Event,
+    ) -> Iterator[GenerateDelta]:
+        """One piece per sampled token; text is released once no stop string can still start in it, and a reply
+        cut at a stop string ends there."""
         import torch
 
         generator = torch.Generator(device=self._device)
@@ -82,38 +122,46 @@ class HfEngine(Engine):
         else:
             generator.manual_seed(request.seed)
         token_ids: list[int] = []
-        logprobs: list[float] = []
-        top: list[dict[int, float]] = []
         finish: Literal["stop", "length"] = "length"
-        cut = -1  # where a stop string starts in the reply's text
+        hold = max((len(s) for s in request.stop), default=1) - 1  # characters a stop string could still claim
+        sent = 0  # characters of the reply already yielded
+        first = True
         with self._serving(lora) as model:
             out = model(input_ids=torch.tensor([prompt_ids], device=self._device), use_cache=True)
             for _ in range(max_tokens):
+                if stop.is_set():
+                    return
                 logits_v = out.logits[0, -1].float()
                 logp_v = _sampling_logprobs(logits_v, request.temperature, request.top_p)
                 token = _sample(logits_v, logp_v, request.temperature, generator)
                 token_ids.append(token)
-                logprobs.append(float(logp_v[token]))
+                top = None
                 if request.top_logprobs:
                     values, ids = logp_v.topk(request.top_logprobs)
-                    top.append(dict(zip(ids.tolist(), values.tolist(), strict=True)))
-                if request.stop:
-                    text = self._tokenizer.decode(token_ids, skip_special_tokens=True)
-                    cut = min((i for i in (text.find(s) for s in request.stop) if i >= 0), default=-1)
-                if token in self._eos or cut >= 0:
-                    finish = "stop"
-                    break
+                    top = [dict(zip(ids.tolist(), values.tolist(), strict=True))]
+                text = self._tokenizer.decode(token_ids, skip_special_tokens=True)
+                cut = min((i for i in (text.find(s) for s in request.stop) if i >= 0), default=-1)
+                done = token in self._eos or cut >= 0 or len(token_ids) == max_tokens
+                if done:
+                    finish = "stop" if token in self._eos or cut >= 0 else finish
+                    upto = cut if cut >= 0 else len(text)
+                else:  # a split multi-byte character, or the start of a stop string, waits for more tokens
+                    upto = len(text.rstrip("\ufffd")) - hold
+                piece = text[sent:upto] if upto > sent else ""
+                sent = max(sent, upto)
+                yield GenerateDelta(
+                    token_ids=[token],
+                    text=piece,
+                    logprobs=[float(logp_v[token])],
+                    top_logprobs=top,
+                    finish_reason=finish if done else None,
+                    prompt_token_ids=prompt_ids if first else None,
+                )
+                first = False
+                if done:
+                    return
                 step = torch.tensor([[token]], device=self._device)
                 out = model(input_ids=step, past_key_values=out.past_key_values, use_cache=True)
-        text = self._tokenizer.decode(token_ids, skip_special_tokens=True)
-        return GenerateResult(
-            prompt_token_ids=prompt_ids,
-            token_ids=token_ids,
-            text=text[:cut] if cut >= 0 else text,
-            logprobs=logprobs,
-            top_logprobs=top if request.top_logprobs else None,
-            finish_reason=finish,
-        )
 
     async def score(self, prompt_ids: list[int], continuation_ids: list[int], lora: EngineLora | None) -> list[float]:
         return await self._run(self._score, prompt_ids, continuation_ids, lora)

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from fieldkit.config import LoraConfig, ModelConfig, RunConfig
 from fieldkit.generation import (
     BASE_VERSION,
     AdapterRejectedError,
+    GenerateDelta,
     GenerateRequest,
     GenerateResult,
     LoadedAdapter,
@@ -45,6 +47,7 @@ from services.policy.adapters import AdapterRegistry, ServingVersion, inspect_ad
 from services.policy.engine import create_engine
 from services.policy.engine_start import EngineStartError
 from services.policy.stats import ServerStats
+from services.policy.stream import coalesce
 
 log = logging.getLogger(__name__)
 
@@ -108,15 +111,7 @@ class PolicyServer:
 
     async def generate(self, request: GenerateRequest) -> GenerateResult:
         await self._ready()
-        if request.messages is not None:
-            prompt_ids = render(
-                self._engine.tokenizer, [m.model_dump() for m in request.messages], add_generation_prompt=True
-            )
-        else:
-            prompt_ids = list(request.prompt_token_ids or [])
-        self._check_ids(prompt_ids, "prompt_token_ids")
-        self._check_room(len(prompt_ids), "the prompt")
-        max_tokens = min(request.max_tokens, self._model.max_model_len - len(prompt_ids))
+        prompt_ids, max_tokens = self._prompt(request)
         version = self._registry.acquire(request.adapter) if request.adapter else None
         self._stats.started()
         tokens = 0
@@ -130,6 +125,41 @@ class PolicyServer:
         return result.model_copy(
             update={"adapter": request.adapter, "adapter_version": version.info.version if version else BASE_VERSION}
         )
+
+    async def generate_stream(self, request: GenerateRequest, window_s: float = 0.0) -> AsyncIterator[GenerateDelta]:
+        """The reply as it is sampled (a Ray streaming generator): pieces of the tokens sampled within `window_s` of
+        each other (services.policy.stream), joining to what `generate` returns. Cancelling the call (the reader
+        went away) stops the request in the engine and frees its place."""
+        await self._ready()
+        prompt_ids, max_tokens = self._prompt(request)
+        version = self._registry.acquire(request.adapter) if request.adapter else None
+        self._stats.started()
+        tokens = 0
+        finished = False
+        pieces = self._engine.stream(prompt_ids, request, max_tokens, version.lora if version else None)
+        try:
+            async for piece in coalesce(pieces, window_s):
+                tokens += len(piece.token_ids)
+                finished = piece.finish_reason is not None
+                yield piece
+        finally:
+            if not finished:
+                self._stats.cancelled += 1
+            self._stats.finished(tokens)
+            if version:
+                await self._release(version)
+
+    def _prompt(self, request: GenerateRequest) -> tuple[list[int], int]:
+        """The prompt's token ids (checked) and the tokens left for the reply."""
+        if request.messages is not None:
+            prompt_ids = render(
+                self._engine.tokenizer, [m.model_dump() for m in request.messages], add_generation_prompt=True
+            )
+        else:
+            prompt_ids = list(request.prompt_token_ids or [])
+        self._check_ids(prompt_ids, "prompt_token_ids")
+        self._check_room(len(prompt_ids), "the prompt")
+        return prompt_ids, min(request.max_tokens, self._model.max_model_len - len(prompt_ids))
 
     async def score(
         self, prompt_ids: list[int], continuation_ids: list[int], adapter: str | None = None
@@ -246,6 +276,8 @@ class PolicyServer:
             tokens_per_s=self._stats.tokens_per_s(),
             busy_fraction=self._stats.busy_fraction(),
             adapters=self._registry.newest(),
+            engine_requests=self._engine.running_requests(),
+            streams_cancelled=self._stats.cancelled,
             error=error,
         )
 

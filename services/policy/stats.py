@@ -16,6 +16,7 @@ class ServerStats:
         self.clock = clock
         self.in_flight = 0
         self.tokens_total = 0
+        self.cancelled = 0  # streams whose reader left before the end
         self._tokens: deque[tuple[float, int]] = deque()  # (finish time, generated tokens)
         self._busy: deque[tuple[float, float]] = deque()  # closed (start, end) intervals with >= 1 request
         self._busy_since: float | None = None

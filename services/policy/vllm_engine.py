@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
-from fieldkit.generation import GenerateRequest, GenerateResult, PolicyError
+from fieldkit.generation import GenerateDelta, GenerateRequest, GenerateResult, PolicyError
 from services.policy.engine import Engine, EngineLora
 from services.policy.engine_start import StartLog, check_cpu_dtype, check_model_dir, start_failure
 
@@ -74,15 +75,18 @@ class VllmEngine(Engine):
     def vocab_size(self) -> int:
         return int(self._llm.model_config.get_vocab_size())
 
-    async def _final_output(self, prompt_ids: list[int], params: Any, lora: EngineLora | None) -> Any:
-        from vllm.exceptions import VLLMValidationError
+    def _lora_request(self, lora: EngineLora | None) -> Any:
         from vllm.lora.request import LoRARequest
 
-        lora_request = LoRARequest(lora.key, lora.lora_id, lora.path) if lora else None
+        return LoRARequest(lora.key, lora.lora_id, lora.path) if lora else None
+
+    async def _final_output(self, prompt_ids: list[int], params: Any, lora: EngineLora | None) -> Any:
+        from vllm.exceptions import VLLMValidationError
+
         final = None
         try:
             async for output in self._llm.generate(
-                {"prompt_token_ids": prompt_ids}, params, uuid.uuid4().hex, lora_request=lora_request
+                {"prompt_token_ids": prompt_ids}, params, uuid.uuid4().hex, lora_request=self._lora_request(lora)
             ):
                 final = output
         except VLLMValidationError as exc:  # bad input the server's own checks did not catch
@@ -90,35 +94,26 @@ class VllmEngine(Engine):
         assert final is not None and final.finished
         return final
 
-    async def generate(
-        self, prompt_ids: list[int], request: GenerateRequest, max_tokens: int, lora: EngineLora | None
-    ) -> GenerateResult:
+    def _sampling(self, request: GenerateRequest, max_tokens: int, delta: bool) -> Any:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
-        params = SamplingParams(
+        return SamplingParams(
             max_tokens=max_tokens,
             temperature=request.temperature,
             top_p=request.top_p,
             stop=request.stop or None,
             seed=request.seed,
             logprobs=request.top_logprobs,  # the sampled token's log-prob always comes back; plus the top k
-            output_kind=RequestOutputKind.FINAL_ONLY,
+            # DELTA: each output holds only what is new (text held back while it could still start a stop string)
+            output_kind=RequestOutputKind.DELTA if delta else RequestOutputKind.FINAL_ONLY,
         )
-        output = (await self._final_output(prompt_ids, params, lora)).outputs[0]
-        token_ids = list(output.token_ids)
-        steps = output.logprobs
-        logprobs = [step[token].logprob for token, step in zip(token_ids, steps, strict=True)]
-        top = None
-        if request.top_logprobs:
-            top = [
-                {
-                    t: lp.logprob
-                    for t, lp in sorted(step.items(), key=lambda kv: kv[1].rank)
-                    if lp.rank <= request.top_logprobs
-                }
-                for step in steps
-            ]
+
+    async def generate(
+        self, prompt_ids: list[int], request: GenerateRequest, max_tokens: int, lora: EngineLora | None
+    ) -> GenerateResult:
+        output = (await self._final_output(prompt_ids, self._sampling(request, max_tokens, False), lora)).outputs[0]
+        token_ids, logprobs, top = _logprobs(output, request.top_logprobs)
         return GenerateResult(
             prompt_token_ids=prompt_ids,
             token_ids=token_ids,
@@ -127,6 +122,41 @@ class VllmEngine(Engine):
             top_logprobs=top,
             finish_reason="length" if output.finish_reason == "length" else "stop",
         )
+
+    async def stream(
+        self, prompt_ids: list[int], request: GenerateRequest, max_tokens: int, lora: EngineLora | None
+    ) -> AsyncIterator[GenerateDelta]:
+        from vllm.exceptions import VLLMValidationError
+
+        params = self._sampling(request, max_tokens, True)
+        first = True
+        # AsyncLLM.generate aborts the request in the engine when this iterator is closed or cancelled.
+        outputs = self._llm.generate(
+            {"prompt_token_ids": prompt_ids}, params, uuid.uuid4().hex, lora_request=self._lora_request(lora)
+        )
+        try:
+            async for output in outputs:
+                piece = output.outputs[0]
+                token_ids, logprobs, top = _logprobs(piece, request.top_logprobs)
+                finish = None
+                if output.finished:
+                    finish = "length" if piece.finish_reason == "length" else "stop"
+                yield GenerateDelta(
+                    token_ids=token_ids,
+                    text=piece.text,
+                    logprobs=logprobs,
+                    top_logprobs=top,
+                    finish_reason=finish,
+                    prompt_token_ids=prompt_ids if first else None,
+                )
+                first = False
+        except VLLMValidationError as exc:
+            raise PolicyError(str(exc)) from None
+        finally:
+            await outputs.aclose()
+
+    def running_requests(self) -> int:
+        return int(self._llm.output_processor.get_num_unfinished_requests())
 
     async def score(self, prompt_ids: list[int], continuation_ids: list[int], lora: EngineLora | None) -> list[float]:
         from vllm import SamplingParams
@@ -140,9 +170,7 @@ class VllmEngine(Engine):
         return [rows[i][sequence[i]].logprob for i in range(len(prompt_ids), len(sequence))]
 
     async def add_lora(self, lora: EngineLora) -> None:
-        from vllm.lora.request import LoRARequest
-
-        if not await self._llm.add_lora(LoRARequest(lora.key, lora.lora_id, lora.path)):
+        if not await self._llm.add_lora(self._lora_request(lora)):
             raise RuntimeError(f"vLLM did not add adapter {lora.key} from {lora.path}")
 
     async def remove_lora(self, lora: EngineLora) -> None:
@@ -155,3 +183,17 @@ class VllmEngine(Engine):
         if self._llm is not None:
             self._llm.shutdown()
             self._llm = None
+
+
+def _logprobs(output: Any, top_k: int) -> tuple[list[int], list[float], list[dict[int, float]] | None]:
+    """Token ids, their sampled log-probs and (top_k > 0) the top-k rows of one vLLM CompletionOutput."""
+    token_ids = list(output.token_ids)
+    steps = output.logprobs or []
+    logprobs = [step[token].logprob for token, step in zip(token_ids, steps, strict=True)]
+    top = None
+    if top_k:
+        top = [
+            {t: lp.logprob for t, lp in sorted(step.items(), key=lambda kv: kv[1].rank) if lp.rank <= top_k}
+            for step in steps
+        ]
+    return token_ids, logprobs, top

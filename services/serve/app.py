@@ -6,26 +6,26 @@ OpenAI wire format (services.serve.schema / translate), checks the Bearer key, a
 to OpenAI's statuses. `model` is the base model's id or an adapter name; an adapter name serves its newest
 verified version.
 
-Publishing (POST /v1/adapters, or `publish_adapter` from a driver) hot-loads a new version into every live replica
-through Serve's broadcast, each verifying the probe in its own engine, then records the ref so replicas that start
-later serve it too. Nothing restarts.
+Streamed replies are relayed as the engine samples them (services.serve.stream), in chunks of the tokens sampled
+within `serve.stream_window_s` of each other.
+
+Publishing (POST /v1/adapters with the admin key, naming a run and version of run storage; or `publish_adapter`
+from a driver) hot-loads a new version into every live replica through Serve's broadcast, each verifying the probe
+in its own engine, then records the ref so replicas that start later serve it too. Nothing restarts.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
-import json
 import logging
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Header
-from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, SecretStr
 from ray import serve
 
 from fieldkit.chat_tokens import render
@@ -41,16 +41,27 @@ from fieldkit.generation import (
 )
 from fieldkit.training.records import AdapterRef
 from services.serve import translate
-from services.serve.adapters import PublishedAdapters
+from services.serve.adapters import (
+    AdapterDirError,
+    PublishedAdapters,
+    RunAdapterError,
+    run_adapter_dir,
+    run_adapter_label,
+    run_adapter_ref,
+    scrub_paths,
+    with_probe,
+)
 from services.serve.errors import (
     OpenAIError,
     bad_request,
+    cause_of,
     install_error_handlers,
     model_not_found,
     service_unavailable,
-    unauthorized,
 )
-from services.serve.schema import ChatCompletionRequest, CompletionRequest, TokenizeRequest
+from services.serve.keys import check_admin, check_bearer
+from services.serve.schema import ChatCompletionRequest, CompletionRequest, PublishRequest, TokenizeRequest
+from services.serve.stream import PolicyStream, open_stream, sse_response
 
 log = logging.getLogger(__name__)
 
@@ -68,23 +79,9 @@ class ServeSettings(BaseModel):
     config: RunConfig
     base_name: str
     adapters: list[AdapterRef]
-    api_key: str | None
+    api_key: SecretStr | None  # inference routes; None only on a loopback host (services.serve.keys)
+    admin_key: SecretStr | None  # POST /v1/adapters; None = publishing over HTTP is off
     published_dir: str
-
-
-def cause_of(exc: BaseException) -> BaseException:
-    """The original exception inside Ray's task-error wrappers (their str() carries a whole traceback)."""
-    while getattr(exc, "cause", None) is not None and exc.cause is not exc:  # type: ignore[attr-defined]
-        exc = exc.cause  # type: ignore[attr-defined]
-    return exc
-
-
-def _sse(chunks: Iterator[dict[str, Any]]) -> Response:
-    """Server-sent events, one per chunk, ending with [DONE]. The reply is complete before the first event (the
-    policy server returns whole generations), so the events go out as one ordinary response body: a streamed
-    response crosses Serve's proxy as a message per write, which made 50 concurrent streams 2-6x slower."""
-    events = "".join(f"data: {json.dumps(chunk)}\n\n" for chunk in chunks) + "data: [DONE]\n\n"
-    return Response(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
 def _newest_per_name(refs: list[AdapterRef]) -> list[AdapterRef]:
@@ -107,7 +104,11 @@ api = FastAPI(title="fieldkit OpenAI-compatible endpoint", docs_url=None, redoc_
 install_error_handlers(api)
 
 
-@serve.deployment(name=DEPLOYMENT, max_ongoing_requests=128, ray_actor_options={"num_cpus": 0.25})
+# max_constructor_retry_count=1: a replica whose start fails (an adapter the probe refuses, an engine that cannot
+# start) fails the deployment with that error at once, instead of Serve starting a new engine 20 times over.
+@serve.deployment(
+    name=DEPLOYMENT, max_ongoing_requests=128, max_constructor_retry_count=1, ray_actor_options={"num_cpus": 0.25}
+)
 @serve.ingress(api)
 class OpenAIServer:
     async def __init__(self, settings: ServeSettings) -> None:  # type: ignore[misc]  # Serve awaits it
@@ -115,6 +116,9 @@ class OpenAIServer:
 
         self._base = settings.base_name
         self._api_key = settings.api_key
+        self._admin_key = settings.admin_key
+        self._config = settings.config
+        self._window_s = settings.config.serve.stream_window_s
         self._created = int(time.time())
         self._published = PublishedAdapters(Path(settings.published_dir))
         context = serve.get_replica_context()
@@ -123,9 +127,14 @@ class OpenAIServer:
         health = await self._policy.health.remote()
         self._max_model_len = health.max_model_len
         self._engine = health.engine
+        self._model_dir = health.model
         self._tokenizer = await asyncio.to_thread(_load_tokenizer, health.model)
-        for ref in _newest_per_name([*settings.adapters, *self._published.refs()]):
-            await self.load_adapter(ref)
+        try:
+            for ref in _newest_per_name([*settings.adapters, *self._published.refs()]):
+                await self.load_adapter(ref)
+        except BaseException:
+            await self._policy.shutdown.remote()  # a replica that fails to start leaves no engine behind
+            raise
 
     # -- control plane (Serve handle methods) ------------------------------------------------------------------
 
@@ -182,19 +191,22 @@ class OpenAIServer:
     @api.post("/v1/chat/completions", response_model=None)
     async def chat_completions(
         self, body: ChatCompletionRequest, authorization: Authorization = None
-    ) -> dict[str, Any] | Response:
+    ) -> dict[str, Any] | StreamingResponse:
         self._authorize(authorization)
         requests = translate.chat_generate_requests(body, self._adapter(body.model), self._max_model_len)
-        results = await self._generate(requests, body.model, "messages")
         meta = self._meta("chatcmpl", body.model)
         if body.stream:
-            return _sse(translate.chat_chunks(meta, self._tokenizer, results, body.logprobs, body.include_usage))
+            streams = await self._open_streams(requests, body.model, "messages")
+            choices = [s.pieces() for s in streams]
+            chunks = translate.chat_stream(meta, self._tokenizer, choices, body.logprobs, body.include_usage)
+            return sse_response(chunks, streams)
+        results = await self._generate(requests, body.model, "messages")
         return translate.chat_completion(meta, self._tokenizer, results, body.logprobs)
 
     @api.post("/v1/completions", response_model=None)
     async def completions(
         self, body: CompletionRequest, authorization: Authorization = None
-    ) -> dict[str, Any] | Response:
+    ) -> dict[str, Any] | StreamingResponse:
         self._authorize(authorization)
         prompts = body.prompts()
         prompt_ids = [self._tokenizer(p)["input_ids"] if isinstance(p, str) else p for p in prompts]
@@ -202,14 +214,16 @@ class OpenAIServer:
             raise bad_request("a prompt tokenises to no tokens", "prompt")
         texts = [p if isinstance(p, str) else self._tokenizer.decode(p) for p in prompts] if body.echo else []
         requests = translate.completion_generate_requests(body, prompt_ids, self._adapter(body.model))
-        results = await self._generate(requests, body.model, "prompt")
         meta = self._meta("cmpl", body.model)
         logprobs = body.logprobs is not None
         if body.stream:
-            chunks = translate.text_chunks(
-                meta, self._tokenizer, results, texts, body.n, body.echo, logprobs, body.include_usage
+            streams = await self._open_streams(requests, body.model, "prompt")
+            choices = [s.pieces() for s in streams]
+            chunks = translate.text_stream(
+                meta, self._tokenizer, choices, texts, body.n, body.echo, logprobs, body.include_usage
             )
-            return _sse(chunks)
+            return sse_response(chunks, streams)
+        results = await self._generate(requests, body.model, "prompt")
         return translate.text_completion(meta, self._tokenizer, results, texts, body.n, body.echo, logprobs)
 
     @api.post("/tokenize")
@@ -223,24 +237,34 @@ class OpenAIServer:
         return {"count": len(tokens), "max_model_len": self._max_model_len, "tokens": tokens}
 
     @api.post("/v1/adapters")
-    async def publish_route(self, ref: AdapterRef, authorization: Authorization = None) -> dict[str, Any]:
-        self._authorize(authorization)
+    async def publish_route(self, body: PublishRequest, authorization: Authorization = None) -> dict[str, Any]:
+        """Publish a run's adapter version (or its best) from run storage; the admin key only. Answers and errors
+        name the run and version sent, never a path on this server."""
+        check_admin(authorization, self._admin_key)
+        runs_dir = self._config.paths.runs_dir
+        where = run_adapter_dir(runs_dir, body.run, body.version)
+        label = run_adapter_label(body.run, body.version)
+        hidden = {str(where.resolve()): label, str(where): label, str(runs_dir.resolve()): "run storage"}
         try:
+            ref = run_adapter_ref(runs_dir, body.run, body.version, body.name)
+            if ref.probe is None and self._config.lora.require_probe:
+                ref = await asyncio.to_thread(with_probe, ref, self._model_dir)
             loaded = await self.publish(ref)
-        except AdapterRejectedError as exc:
-            raise OpenAIError(422, str(exc), param="probe", code="adapter_rejected") from None
-        return {"object": "list", "data": [a.model_dump(mode="json") for a in loaded]}
+        except RunAdapterError as exc:
+            raise OpenAIError(404, str(exc), param="version", code="adapter_not_found") from None
+        except (AdapterRejectedError, AdapterDirError) as exc:
+            raise OpenAIError(422, scrub_paths(str(exc), hidden), param="version", code="adapter_rejected") from None
+        except Exception as exc:
+            log.error("publishing %s failed: %s", label, exc)
+            message = f"publishing {label} failed: {type(exc).__name__}: {scrub_paths(str(exc), hidden)}"
+            raise OpenAIError(500, message, type_="server_error") from None
+        published = [{k: v for k, v in a.model_dump(mode="json").items() if k != "path"} for a in loaded]
+        return {"object": "list", "run": body.run, "data": published}
 
     # -- helpers -------------------------------------------------------------------------------------------------
 
     def _authorize(self, authorization: str | None) -> None:
-        if not self._api_key:
-            return
-        if not authorization:
-            raise unauthorized("Missing API key: send it as 'Authorization: Bearer <key>'")
-        scheme, _, key = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(key.strip().encode(), self._api_key.encode()):
-            raise unauthorized("Incorrect API key provided")
+        check_bearer(authorization, self._api_key)
 
     def _adapter(self, model: str) -> str | None:
         return None if model == self._base else model
@@ -275,16 +299,35 @@ class OpenAIServer:
     async def _generate(self, requests: list[GenerateRequest], model: str, prompt_param: str) -> list[GenerateResult]:
         try:
             return list(await asyncio.gather(*(self._policy.generate.remote(r) for r in requests)))
-        except UnknownAdapterError:
-            raise model_not_found(model, [c["id"] for c in await self._model_cards()]) from None
-        except PromptTooLongError as exc:
-            raise bad_request(
+        except Exception as exc:
+            raise await self._refusal(exc, model, prompt_param) from None
+
+    async def _open_streams(self, requests: list[GenerateRequest], model: str, prompt_param: str) -> list[PolicyStream]:
+        """Every choice's stream, started at once, each with its first piece read (so a refusal is an error status)."""
+        opened = await asyncio.gather(
+            *(open_stream(self._policy, r, self._window_s) for r in requests), return_exceptions=True
+        )
+        streams = [s for s in opened if isinstance(s, PolicyStream)]
+        failure = next((s for s in opened if isinstance(s, BaseException)), None)
+        if failure is not None:
+            for stream in streams:
+                stream.cancel()
+            raise await self._refusal(failure, model, prompt_param)
+        return streams
+
+    async def _refusal(self, exc: BaseException, model: str, prompt_param: str) -> OpenAIError:
+        """The OpenAI error for what the policy server raised."""
+        if isinstance(exc, UnknownAdapterError):
+            return model_not_found(model, [c["id"] for c in await self._model_cards()])
+        if isinstance(exc, PromptTooLongError):
+            return bad_request(
                 f"This model's maximum context length is {self._max_model_len} tokens: {cause_of(exc)}",
                 prompt_param,
                 "context_length_exceeded",
-            ) from None
-        except PolicyError as exc:
-            raise bad_request(str(cause_of(exc)), prompt_param) from None
-        except Exception as exc:
-            log.exception("generation failed")
-            raise service_unavailable(f"the policy engine failed: {type(cause_of(exc)).__name__}") from None
+            )
+        if isinstance(exc, PolicyError):
+            return bad_request(str(cause_of(exc)), prompt_param)
+        if not isinstance(exc, Exception):  # cancelled: the client left
+            raise exc
+        log.error("generation failed: %s", cause_of(exc))
+        return service_unavailable(f"the policy engine failed: {type(cause_of(exc)).__name__}")

@@ -43,6 +43,13 @@ class OpenAIError(Exception):
         return JSONResponse(self.body(), status_code=self.status, headers=headers)
 
 
+def cause_of(exc: BaseException) -> BaseException:
+    """The original exception inside Ray's task-error wrappers (their str() carries a whole traceback)."""
+    while getattr(exc, "cause", None) is not None and exc.cause is not exc:  # type: ignore[attr-defined]
+        exc = exc.cause  # type: ignore[attr-defined]
+    return exc
+
+
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> OpenAIError:
     return OpenAIError(400, message, param=param, code=code)
 

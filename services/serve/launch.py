@@ -3,13 +3,13 @@ and a training driver publishing its chosen checkpoint.
 
 Building happens where the application is declared (the CLI, `serve run`, the Serve controller for `serve deploy`):
 paths become absolute, the model is resolved (the tiny model is built if needed), each adapter directory becomes
-an AdapterRef with a probe, and the API key is read (FIELDKIT_API_KEY over `serve.api_key`). Replicas receive all
-of it and resolve nothing themselves.
+an AdapterRef with a probe, and the keys are read (services.serve.keys). Replicas receive all of it and resolve
+nothing themselves. An adapter from a training run is served on that run's base model and engine settings (its
+config.yaml) unless a config says otherwise.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +21,15 @@ from fieldkit.config import RunConfig
 from fieldkit.generation import AdapterRejectedError, LoadedAdapter
 from fieldkit.training.records import AdapterRef
 from services.serve.adapters import PublishedAdapters, adapter_ref_from_dir, with_probe
-from services.serve.app import DEPLOYMENT, OpenAIServer, ServeSettings, cause_of
+from services.serve.app import DEPLOYMENT, OpenAIServer, ServeSettings
+from services.serve.errors import cause_of
+from services.serve.keys import resolve_keys
 
-API_KEY_ENV = "FIELDKIT_API_KEY"
+RUN_CONFIG = "config.yaml"  # what a training run wrote beside its adapters (fieldkit.runs)
+
+
+class EndpointStartError(RuntimeError):
+    """The application did not start (an adapter refused, an engine that cannot start); says why, once."""
 
 
 @dataclass(frozen=True)
@@ -57,10 +63,51 @@ def absolute_paths(config: RunConfig) -> RunConfig:
     return config.model_copy(update={"paths": config.paths.model_copy(update=paths)})
 
 
+def run_config_of(adapter_dir: Path) -> Path | None:
+    """The config.yaml of the training run an adapter directory belongs to (runs/<run>/best or
+    runs/<run>/adapters/<version>), or None for a directory outside a run."""
+    adapter_dir = adapter_dir.resolve()
+    for run_dir in (adapter_dir.parent, adapter_dir.parent.parent):
+        if (run_dir / RUN_CONFIG).is_file():
+            return run_dir / RUN_CONFIG
+    return None
+
+
+def config_from_runs(adapters: Sequence[AdapterSource], base: RunConfig) -> tuple[RunConfig, Path | None]:
+    """`base` with the model, LoRA limits, engine resources and model cache of the run the adapters were trained in
+    (its config.yaml, relative paths anchored at that run's project directory), and that file; `base` unchanged
+    when no adapter comes from a run. Adapters of runs on different base models cannot share one engine."""
+    found = {path for source in adapters if (path := run_config_of(source.path)) is not None}
+    if not found:
+        return base, None
+    runs = {path: RunConfig.from_yaml(path) for path in sorted(found)}
+    models = {(c.model.name_or_path, c.model.engine, c.model.dtype) for c in runs.values()}
+    if len(models) > 1:
+        listing = "; ".join(f"{p.parent.name}: {c.model.name_or_path}" for p, c in runs.items())
+        raise ValueError(f"the adapters come from runs on different base models ({listing}); serve them apart")
+    path, run = next(iter(runs.items()))
+    runs_dir = path.parent.parent  # runs/<run>/config.yaml
+    relative = Path(run.paths.runs_dir)
+    home = runs_dir
+    if not relative.is_absolute() and runs_dir.parts[-len(relative.parts) :] == relative.parts:
+        home = runs_dir.parents[len(relative.parts) - 1]  # the directory the run resolved its paths against
+    models_dir = run.paths.models_dir if run.paths.models_dir.is_absolute() else home / run.paths.models_dir
+    config = base.model_copy(
+        update={
+            "model": run.model,
+            "lora": run.lora,
+            "resources": run.resources,
+            "paths": base.paths.model_copy(update={"models_dir": models_dir}),
+        }
+    )
+    return config, path
+
+
 def serve_settings(config: RunConfig, adapters: Sequence[AdapterSource] = ()) -> ServeSettings:
     """Everything a replica needs for `config` serving the base model and `adapters`, resolved here."""
     from fieldkit.training.lora_model import resolve_model_path
 
+    api_key, admin_key = resolve_keys(config.serve, config.serve.host)  # refused here, before anything starts
     refs = [adapter_ref_from_dir(source.path, source.name) for source in adapters]
     config = absolute_paths(config)
     base = base_model_id(config)
@@ -77,7 +124,8 @@ def serve_settings(config: RunConfig, adapters: Sequence[AdapterSource] = ()) ->
         config=config,
         base_name=base,
         adapters=refs,
-        api_key=os.environ.get(API_KEY_ENV) or config.serve.api_key or None,
+        api_key=api_key,
+        admin_key=admin_key,
         published_dir=str(published.root),
     )
 
@@ -118,12 +166,23 @@ def start_endpoint(config: RunConfig, adapters: Sequence[AdapterSource] = ()) ->
     settings = serve_settings(config, adapters)  # bad adapter directories fail here, before Ray starts
     cluster = connect(config.resources.ray_address)
     serve.start(http_options={"host": config.serve.host, "port": config.serve.port})
-    serve.run(build_application(settings), name=config.serve.app_name, route_prefix="/")
+    try:
+        serve.run(build_application(settings), name=config.serve.app_name, route_prefix="/")
+    except RuntimeError as exc:  # the replica's start failed; Serve's message holds its whole traceback
+        serve.delete(config.serve.app_name)
+        raise EndpointStartError(f"the endpoint did not start: {_root_cause(str(exc))}") from None
     return Endpoint(
         base_url=f"http://{config.serve.host}:{config.serve.port}/v1",
         models=[settings.base_name, *(ref.name for ref in settings.adapters)],
         ray_dashboard_url=cluster.dashboard_url,
     )
+
+
+def _root_cause(message: str) -> str:
+    """The last 'SomeError: why' line of a traceback that Serve passes on (the replica constructor's own error)."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    errors = [line for line in lines if line.split(":", 1)[0].rsplit(".", 1)[-1].endswith(("Error", "Exception"))]
+    return errors[-1] if errors else (lines[-1] if lines else message)
 
 
 def stop_endpoint(app_name: str) -> None:

@@ -8,7 +8,7 @@ An explicit `null` means "the default", as it does for OpenAI.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -173,3 +173,15 @@ class TokenizeRequest(Body):
         if (self.prompt is None) == (self.messages is None):
             raise ValueError("give exactly one of prompt and messages")
         return self
+
+
+class PublishRequest(Body):
+    """POST /v1/adapters: an adapter of run storage, named by run and version, never by a path on the server."""
+
+    run: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=200, description="the training run's name")
+    version: Annotated[int, Field(ge=0)] | Literal["best"] = Field(
+        description="an adapter version the run published, or 'best' (the one chosen on validation)"
+    )
+    name: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="model id to serve it as; default: the run's name"
+    )

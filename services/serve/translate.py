@@ -2,17 +2,18 @@
 
 Pure functions over a transformers tokenizer, so the wire format is tested without an engine. The policy server
 renders chat messages with the model's chat template (the same path rollouts take) and returns token ids,
-log-probs and the text cut before a matched stop string; this module only reshapes them. Stream deltas are slices
-of that final text at token boundaries, so the streamed pieces always join to exactly the non-streamed text.
+log-probs and the text cut before a matched stop string; this module only reshapes them. Streamed replies are the
+pieces the engine yields as it samples (fieldkit.generation.GenerateDelta), whose texts join to exactly the
+non-streamed text.
 Log-probs are those of the raw model distribution (temperature 1), as everywhere in fieldkit.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from fieldkit.generation import ChatMessage, GenerateRequest, GenerateResult
+from fieldkit.generation import ChatMessage, GenerateDelta, GenerateRequest, GenerateResult
 from services.serve.schema import ChatCompletionRequest, ChatMessageIn, CompletionRequest, Sampling
 
 
@@ -55,34 +56,13 @@ def completion_generate_requests(
     ]
 
 
-def text_deltas(tokenizer: Any, token_ids: Sequence[int], text: str) -> list[str]:
-    """One piece of `text` per token, joining to exactly `text`.
-
-    Boundaries come from incremental detokenisation (a token that ends inside a multi-byte character adds nothing
-    until the character completes); text past a stop string's cut is never emitted.
-    """
-    deltas: list[str] = []
-    prefix_offset = read_offset = 0
-    covered = 0
-    for i in range(len(token_ids)):
-        before = tokenizer.decode(token_ids[prefix_offset:read_offset], skip_special_tokens=True)
-        after = tokenizer.decode(token_ids[prefix_offset : i + 1], skip_special_tokens=True)
-        grown = 0
-        if len(after) > len(before) and not after.endswith("\ufffd"):
-            grown = len(after) - len(before)
-            prefix_offset, read_offset = read_offset, i + 1
-        start, covered = covered, min(len(text), covered + grown)
-        deltas.append(text[start:covered])
-    if deltas:
-        deltas[-1] += text[covered:]
-    return deltas
-
-
 def _piece(tokenizer: Any, token_id: int) -> str:
     return tokenizer.decode([token_id], skip_special_tokens=False)
 
 
-def chat_logprobs(tokenizer: Any, result: GenerateResult, start: int = 0, end: int | None = None) -> dict[str, Any]:
+def chat_logprobs(
+    tokenizer: Any, result: GenerateResult | GenerateDelta, start: int = 0, end: int | None = None
+) -> dict[str, Any]:
     """The `logprobs` of a chat choice for tokens [start, end): token, logprob, bytes, top_logprobs."""
     content = []
     end = len(result.token_ids) if end is None else end
@@ -103,7 +83,7 @@ def chat_logprobs(tokenizer: Any, result: GenerateResult, start: int = 0, end: i
     return {"content": content}
 
 
-def completion_logprobs(tokenizer: Any, result: GenerateResult, offset: int) -> dict[str, Any]:
+def completion_logprobs(tokenizer: Any, result: GenerateResult | GenerateDelta, offset: int) -> dict[str, Any]:
     """The legacy completions `logprobs`: tokens, token_logprobs, top_logprobs, text_offset (from `offset`)."""
     tokens = [_piece(tokenizer, t) for t in result.token_ids]
     offsets = []
@@ -117,8 +97,12 @@ def completion_logprobs(tokenizer: Any, result: GenerateResult, offset: int) -> 
 
 
 def usage(prompt_tokens: int, results: Sequence[GenerateResult]) -> dict[str, int]:
-    completion = sum(len(r.token_ids) for r in results)
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion, "total_tokens": prompt_tokens + completion}
+    return _usage(prompt_tokens, sum(len(r.token_ids) for r in results))
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    total = prompt_tokens + completion_tokens
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": total}
 
 
 def chat_completion(
@@ -137,25 +121,35 @@ def chat_completion(
     return {**meta, "object": "chat.completion", "choices": choices, "usage": usage(prompt_tokens, results)}
 
 
-def chat_chunks(
-    meta: dict[str, Any], tokenizer: Any, results: Sequence[GenerateResult], logprobs: bool, include_usage: bool
-) -> Iterator[dict[str, Any]]:
-    """chat.completion.chunk bodies: per choice a role chunk, one chunk per token, a finish chunk; then usage."""
+async def chat_stream(
+    meta: dict[str, Any],
+    tokenizer: Any,
+    choices: Sequence[AsyncIterator[GenerateDelta]],
+    logprobs: bool,
+    include_usage: bool,
+) -> AsyncIterator[dict[str, Any]]:
+    """chat.completion.chunk bodies as the pieces come: per choice a role chunk, a chunk per piece (the tokens
+    sampled within one coalescing window), a finish chunk; then usage. Choices follow one another."""
     base = {**meta, "object": "chat.completion.chunk"}
     if include_usage:
         base["usage"] = None
+    prompt_tokens = completion_tokens = 0
 
     def chunk(index: int, delta: dict[str, Any], lp: dict[str, Any] | None, finish: str | None) -> dict[str, Any]:
         return {**base, "choices": [{"index": index, "delta": delta, "logprobs": lp, "finish_reason": finish}]}
 
-    for index, result in enumerate(results):
+    for index, pieces in enumerate(choices):
         yield chunk(index, {"role": "assistant", "content": ""}, None, None)
-        for t, piece in enumerate(text_deltas(tokenizer, result.token_ids, result.text)):
-            lp = chat_logprobs(tokenizer, result, t, t + 1) if logprobs else None
-            yield chunk(index, {"content": piece}, lp, None)
-        yield chunk(index, {}, None, result.finish_reason)
+        async for piece in pieces:
+            if index == 0 and piece.prompt_token_ids is not None:
+                prompt_tokens = len(piece.prompt_token_ids)
+            completion_tokens += len(piece.token_ids)
+            if piece.text or (logprobs and piece.token_ids):
+                yield chunk(index, {"content": piece.text}, chat_logprobs(tokenizer, piece) if logprobs else None, None)
+            if piece.finish_reason is not None:
+                yield chunk(index, {}, None, piece.finish_reason)
     if include_usage:
-        yield {**base, "choices": [], "usage": usage(len(results[0].prompt_token_ids), results)}
+        yield {**base, "choices": [], "usage": _usage(prompt_tokens, completion_tokens)}
 
 
 def text_completion(
@@ -182,42 +176,42 @@ def text_completion(
     return {**meta, "object": "text_completion", "choices": choices, "usage": usage(prompt_tokens, results)}
 
 
-def text_chunks(
+async def text_stream(
     meta: dict[str, Any],
     tokenizer: Any,
-    results: Sequence[GenerateResult],
+    choices: Sequence[AsyncIterator[GenerateDelta]],
     prompt_texts: Sequence[str],
     n: int,
     echo: bool,
     logprobs: bool,
     include_usage: bool,
-) -> Iterator[dict[str, Any]]:
+) -> AsyncIterator[dict[str, Any]]:
+    """text_completion chunks as the pieces come: per choice the echoed prompt, a chunk per piece, a finish chunk;
+    then usage. Choice i answers prompt i // n."""
     base = {**meta, "object": "text_completion"}
     if include_usage:
         base["usage"] = None
+    prompt_tokens = completion_tokens = 0
 
     def chunk(index: int, text: str, lp: dict[str, Any] | None, finish: str | None) -> dict[str, Any]:
         return {**base, "choices": [{"index": index, "text": text, "logprobs": lp, "finish_reason": finish}]}
 
-    for index, result in enumerate(results):
+    for index, pieces in enumerate(choices):
         prefix = prompt_texts[index // n] if echo else ""
         if prefix:
             yield chunk(index, prefix, None, None)
-        offset = len(prefix)
-        for t, piece in enumerate(text_deltas(tokenizer, result.token_ids, result.text)):
-            lp = None
-            if logprobs:
-                one = result.model_copy(
-                    update={
-                        "token_ids": result.token_ids[t : t + 1],
-                        "logprobs": result.logprobs[t : t + 1],
-                        "top_logprobs": None if result.top_logprobs is None else result.top_logprobs[t : t + 1],
-                    }
-                )
-                lp = completion_logprobs(tokenizer, one, offset)
-            offset += len(piece)
-            yield chunk(index, piece, lp, None)
-        yield chunk(index, "", None, result.finish_reason)
+        offset = len(prefix)  # text_offset of the next token, counted in token pieces as the whole body counts
+        async for piece in pieces:
+            if index % n == 0 and piece.prompt_token_ids is not None:
+                prompt_tokens += len(piece.prompt_token_ids)
+            completion_tokens += len(piece.token_ids)
+            if piece.text or (logprobs and piece.token_ids):
+                lp = None
+                if logprobs:
+                    lp = completion_logprobs(tokenizer, piece, offset)
+                    offset += sum(len(token) for token in lp["tokens"])
+                yield chunk(index, piece.text, lp, None)
+            if piece.finish_reason is not None:
+                yield chunk(index, "", None, piece.finish_reason)
     if include_usage:
-        prompt_tokens = sum(len(r.prompt_token_ids) for r in results[::n])
-        yield {**base, "choices": [], "usage": usage(prompt_tokens, results)}
+        yield {**base, "choices": [], "usage": _usage(prompt_tokens, completion_tokens)}
