@@ -50,12 +50,16 @@ class Learner:
         )
         if found is not None:
             self._trainer.load_state(found[1] / "learner")
+        self._gauges = _Gauges()
+        self._gauges.step.set(self._trainer.at_step)
 
     def step(self, batch: TrainBatch, step: int) -> dict[str, float]:
         """Step `step`'s update (the state must be at step - 1); metrics: loss, policy_loss, kl, entropy, grad_norm,
         clip_fraction, ratio_mean/min/max, is_masked_frac, mismatch_kl, weight_delta_l2/max, tokens_per_s and the
         batch's sizes ({} for a batch with nothing to train on)."""
-        return self._trainer.step(batch, step)
+        metrics = self._trainer.step(batch, step)
+        self._gauges.update(self._trainer.at_step, metrics)
+        return metrics
 
     def publish(self, version: int) -> AdapterRef:
         """Write adapter `version` (the state of step `version`) under runs/<run>/adapters/ with its probe."""
@@ -63,7 +67,9 @@ class Learner:
 
     def warm_start(self, examples: list[SftExample]) -> dict[str, float]:
         """LoRA SFT before RL; the result is the state of step 0 and the KL reference."""
-        return self._trainer.warm_start(examples, lambda done, total: setattr(self, "_sft_progress", (done, total)))
+        metrics = self._trainer.warm_start(examples, lambda done, total: setattr(self, "_sft_progress", (done, total)))
+        self._gauges.step.set(self._trainer.at_step)
+        return metrics
 
     @ray.method(concurrency_group="progress")
     def sft_progress(self) -> tuple[int, int]:
@@ -79,7 +85,30 @@ class Learner:
     def load_state(self, directory: str) -> int:
         """Resume from a checkpoint; returns the step it holds."""
         self._trainer.load_state(Path(directory))
+        self._gauges.step.set(self._trainer.at_step)
         return self._trainer.at_step
+
+
+GAUGED_FIGURES = ("loss", "kl", "grad_norm", "tokens_per_s", "step_s")  # of a step's metrics, as fieldkit_learner_*
+
+
+class _Gauges:
+    """What Prometheus (and the Grafana dashboard in deploy/grafana/) sees of the learner: the step its state holds,
+    and the last update's figures (the full set is in each step's metrics.json)."""
+
+    def __init__(self) -> None:
+        from ray.util.metrics import Gauge
+
+        self.step = Gauge("fieldkit_learner_step", description="the training step the learner's state holds")
+        self.figures = {
+            name: Gauge(f"fieldkit_learner_{name}", description=f"the last update's {name}") for name in GAUGED_FIGURES
+        }
+
+    def update(self, step: int, metrics: dict[str, float]) -> None:
+        self.step.set(step)
+        for name, gauge in self.figures.items():
+            if name in metrics:
+                gauge.set(metrics[name])
 
 
 class LearnerSession:

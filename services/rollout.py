@@ -237,6 +237,8 @@ class RolloutWorker:
             ray.get(self.pool.release_owner.remote(self.owner))
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.runner = EpisodeRunner(cfg, tokenizer, self._generate, self._score, self._progress)
+        self.metrics = _Metrics()
+        self.in_flight = 0
 
     async def _generate(self, request: GenerateRequest) -> GenerateResult:
         return await self.policy.generate.remote(request)
@@ -251,6 +253,17 @@ class RolloutWorker:
         return list(await asyncio.gather(*(self.run_one(spec) for spec in specs)))
 
     async def run_one(self, spec: EpisodeSpec) -> Episode:
+        self.in_flight += 1
+        self.metrics.in_flight.set(self.in_flight)
+        try:
+            episode = await self._episode(spec)
+        finally:
+            self.in_flight -= 1
+            self.metrics.in_flight.set(self.in_flight)
+        self.metrics.episodes.inc(tags={"outcome": "failed" if episode.stop_reason == "failed" else "graded"})
+        return episode
+
+    async def _episode(self, spec: EpisodeSpec) -> Episode:
         started = time.perf_counter()
         fault: SandboxFault | None = None
         for _ in range(SANDBOX_ATTEMPTS):
@@ -274,3 +287,16 @@ class RolloutWorker:
     def mismatch_counts(self) -> dict[str, int]:
         """Chat-template re-render mismatches seen so far (reported in step metrics; never patched)."""
         return dict(self.runner.deltas.mismatches)
+
+
+class _Metrics:
+    """What Prometheus (and the Grafana dashboard in deploy/grafana/) sees of a rollout worker."""
+
+    def __init__(self) -> None:
+        from ray.util.metrics import Counter, Gauge
+
+        self.in_flight = Gauge("fieldkit_rollout_episodes_in_flight", description="episodes this worker is running")
+        self.episodes = Counter(
+            "fieldkit_rollout_episodes", description="episodes finished, graded or failed", tag_keys=("outcome",)
+        )
+        self.in_flight.set(0)  # exported from the start, not from the first episode

@@ -66,7 +66,8 @@ def head_cluster():
     # agent that cannot bind it stays up without HTTP, so every submission answers "No available agent"
     command += [f"--dashboard-port={dashboard_port}", f"--dashboard-agent-listen-port={free_port()}"]
     command += ["--num-cpus=4", "--disable-usage-stats"]
-    started = subprocess.run([Path(sys.executable).parent / "ray", *command], env=client_env(), capture_output=True)
+    env = {**client_env(), "RAY_metrics_report_interval_ms": "2000"}  # gauges reach Prometheus within a short run
+    started = subprocess.run([Path(sys.executable).parent / "ray", *command], env=env, capture_output=True)
     try:
         assert started.returncode == 0, started.stdout.decode() + started.stderr.decode()
         yield f"http://127.0.0.1:{dashboard_port}"
@@ -88,6 +89,30 @@ def submit_job(
     command = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", address, *options]
     command += ["--working-dir", str(working_dir), "--", *entrypoint]
     return subprocess.run(command, env=client_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def prometheus_names(address: str) -> set[str]:
+    """The fieldkit metric names this cluster's nodes export to Prometheus right now, as Prometheus names them
+    (`ray_fieldkit_...`): read from the endpoints Ray lists, only the samples of this cluster's session (the list
+    is a file other clusters on this machine write too)."""
+    import httpx
+
+    from services.dashboard.ray_source import parse_samples
+    from services.jobs import auth_headers
+
+    try:
+        session = httpx.get(f"{address}/api/version", headers=auth_headers(), timeout=10).json()["session_name"]
+        targets = httpx.get(f"{address}/api/prometheus/sd", headers=auth_headers(), timeout=10).json()
+    except (httpx.HTTPError, ValueError, KeyError):  # a busy head: the next poll asks again
+        return set()
+    names = set()
+    for target in (t for group in targets for t in group["targets"]):
+        try:
+            text = httpx.get(f"http://{target}/metrics", timeout=10).text
+        except httpx.HTTPError:
+            continue
+        names |= {f"ray_{sample.name}" for sample in parse_samples(text, session)}
+    return names
 
 
 def write_run_config(

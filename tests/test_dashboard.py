@@ -6,10 +6,12 @@ tmp dir."""
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import pytest
-from conftest import free_port
+from conftest import free_port, prometheus_names
+from test_grafana import dashboard_metrics
 
 from fieldkit.config import RunConfig, SandboxConfig
 from fieldkit.generation import GenerateRequest
@@ -95,6 +97,7 @@ def test_page_shows_the_mesh_and_training_as_the_run_goes(mesh, tmp_path: Path) 
     store.record_trial(gate(0, 0.30, "baseline"))
     write_step(run, 1)
     lease = ray.get(mesh["pool"].lease.remote(WorkspaceSeed()))
+    ray.get(mesh["pool"].exec.remote(lease, "true", 5.0))  # one command: the pool's latency histogram is exported
     stop = threading.Event()
 
     def keep_the_engine_busy() -> None:
@@ -142,6 +145,13 @@ def test_page_shows_the_mesh_and_training_as_the_run_goes(mesh, tmp_path: Path) 
             assert "(reward, fraction)" in rates.locator("h3").inner_text()
             page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
             browser.close()
+        # the Grafana dashboard's sandbox pool metrics, its command latency histogram included, are what this pool
+        # exports (the rest: tests/test_train_e2e.py, where a run's episodes write no command to time)
+        wanted = {n for n in dashboard_metrics() if n.startswith("ray_fieldkit_sandbox_")}
+        deadline = time.monotonic() + GAUGE_WAIT_MS / 1000
+        while missing := wanted - prometheus_names(mesh["ray_url"]):
+            assert time.monotonic() < deadline, f"not exported: {sorted(missing)}"
+            time.sleep(2)
     finally:
         stop.set()
         load.join(timeout=60)

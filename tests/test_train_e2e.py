@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import submit_job, write_run_config
+from conftest import prometheus_names, submit_job, write_run_config
+from test_grafana import dashboard_metrics
 
 from fieldkit.lineage import LineageStore
 from fieldkit.runs import RunDir, read_episodes
@@ -98,11 +99,22 @@ def tensorboard_scalars(log_dir: Path, tag: str) -> list[tuple[int, float]]:
     return [(e.step, e.value) for e in events.Scalars(tag)]
 
 
-def fieldkit_train(*args: str, home: Path, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    """`fieldkit train ...` from the repository root, as a user runs it, with `home` as FIELDKIT_HOME."""
+def fieldkit_train(*args: str, home: Path) -> subprocess.Popen[bytes]:
+    """`fieldkit train ...` from the repository root, as a user runs it, with `home` as FIELDKIT_HOME; its output
+    (stdout and stderr) to home/<n>.log (a pipe nobody reads while it runs would fill and block it)."""
     env = {**client_env(), "FIELDKIT_HOME": str(home), "RAY_ADDRESS": ""}
     command = [sys.executable, "-m", "fieldkit.cli", "train", *args]
-    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    log = home / f"fieldkit-train-{len(list(home.glob('fieldkit-train-*.log')))}.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+    process.log = log  # type: ignore[attr-defined]
+    return process
+
+
+def finished(process: subprocess.Popen[bytes], timeout: float = 900) -> tuple[int, str]:
+    """(exit code, output) once it ends."""
+    process.wait(timeout=timeout)
+    return process.returncode, process.log.read_text()  # type: ignore[attr-defined]
 
 
 def test_fieldkit_train_address_submits_through_the_job_sdk_and_follows_the_log(
@@ -111,9 +123,16 @@ def test_fieldkit_train_address_submits_through_the_job_sdk_and_follows_the_log(
     """The run's paths are relative: they must land under FIELDKIT_HOME, not in Ray's copy of the working dir."""
     config = write_run_config(tmp_path, "job", max_steps=1, relative=True)
     trackers = "logging.trackers=[tensorboard, mlflow]"
-    done = fieldkit_train("--config", str(config), "--address", head_cluster, "--set", trackers, home=tmp_path)
-    out = done.stdout
-    assert done.returncode == 0, out[-3000:] + done.stderr[-3000:]
+    following = fieldkit_train("--config", str(config), "--address", head_cluster, "--set", trackers, home=tmp_path)
+    exported: set[str] = set()
+    while following.poll() is None:  # meanwhile: what the actors export to Prometheus, for the Grafana dashboard
+        exported |= prometheus_names(head_cluster)
+        time.sleep(2)
+    code, out = finished(following)
+    assert code == 0, out[-3000:]
+    # every metric deploy/grafana's dashboard names is exported, but the sandbox command histogram: the tiny random
+    # model writes no command, so no episode runs one (tests/test_dashboard.py sees it exported)
+    assert dashboard_metrics() - exported <= {f"ray_fieldkit_sandbox_exec_latency_s_{p}" for p in ("bucket", "count")}
     job_id = next(w for w in out.split() if w.startswith("fieldkit-job-"))
     # the job's log, followed: where the logs went (under the home), a line per step, no engine dump, the end
     log_dir = tmp_path / "runs" / "job" / "logs"
@@ -155,13 +174,13 @@ def test_fieldkit_train_address_submits_through_the_job_sdk_and_follows_the_log(
         assert "failed" not in job_cli(ray_cli, "status", address, raw_id).lower(), logs[-3000:]
         assert time.monotonic() < deadline, logs[-3000:]
         time.sleep(1)
-    stopped = fieldkit_train("--stop", raw_id, "--address", head_cluster, home=tmp_path, timeout=60)
-    assert stopped.returncode == 0 and f"stopping {raw_id}" in stopped.stdout, stopped.stdout + stopped.stderr
+    code, stopped = finished(fieldkit_train("--stop", raw_id, "--address", head_cluster, home=tmp_path), timeout=60)
+    assert code == 0 and f"stopping {raw_id}" in stopped, stopped
     while "stopped" not in job_cli(ray_cli, "status", address, raw_id).lower():
         assert time.monotonic() < deadline, "the job did not stop"
         time.sleep(1)
-    again = fieldkit_train("--stop", "raw", "--address", head_cluster, home=tmp_path, timeout=60)
-    assert again.returncode == 1 and "no pending or running job of run 'raw'" in again.stderr
+    code, again = finished(fieldkit_train("--stop", "raw", "--address", head_cluster, home=tmp_path), timeout=60)
+    assert code == 1 and "no pending or running job of run 'raw'" in again
 
 
 def job_cli(ray_cli: str, what: str, address: list[str], job_id: str) -> str:
@@ -175,9 +194,8 @@ def test_pipelined_run_rolls_out_the_next_step_while_the_learner_trains(tiny_mod
     # allows, step n+1's rollouts still use v(n-1)), the paths relative to the project home
     config = write_run_config(tmp_path, "pipelined", max_steps=3, relative=True)
     sets = ["rollout.max_staleness=1", "eval.every_n_steps=3", "checkpoint.keep_last=2"]
-    done = fieldkit_train("--config", str(config), *[f"--set={s}" for s in sets], home=tmp_path)
-    output = done.stdout
-    assert done.returncode == 0 and "finished 3 steps" in output, output[-3000:] + done.stderr[-3000:]
+    code, output = finished(fieldkit_train("--config", str(config), *[f"--set={s}" for s in sets], home=tmp_path))
+    assert code == 0 and "finished 3 steps" in output, output[-3000:]
     run = RunDir(tmp_path / "runs" / "pipelined")
     assert yaml.safe_load((run.root / "config.yaml").read_text())["rollout"]["max_staleness"] == 1
     rewards = tensorboard_scalars(run.root / "tensorboard", "train/reward")  # the default tracker, every step once
