@@ -56,8 +56,11 @@ def tracked(tmp_path_factory: pytest.TempPathFactory) -> RunConfig:
     """Steps 1-2 with gates at 0 and 2, a failure (TrainingRun.run closes the trackers as failed), then a resume
     that replays step 2 and its gate and adds step 3."""
     cfg = config(tmp_path_factory.mktemp("trackers"), ["tensorboard", "mlflow", "wandb"])
-    drive(cfg, range(0, 3), gates=(0, 2)).close("failed")
-    drive(cfg, range(2, 4), gates=(2, 3)).close()
+    with pytest.MonkeyPatch.context() as env:  # the defaults: a SQLite MLflow store under runs/, W&B offline
+        for name in ("MLFLOW_TRACKING_URI", "WANDB_MODE", "WANDB_API_KEY"):
+            env.delenv(name, raising=False)
+        drive(cfg, range(0, 3), gates=(0, 2)).close("failed")
+        drive(cfg, range(2, 4), gates=(2, 3)).close()
     return cfg
 
 
