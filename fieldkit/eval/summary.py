@@ -98,10 +98,11 @@ def render_demo_tables(runs: Sequence[tuple[dict[str, Any], Comparison]]) -> str
     priors = {json.dumps(s.get("prior_accuracy"), sort_keys=True) for s, _ in runs} - {"null"}
     for prior in sorted(priors):
         accuracy = json.loads(prior)
+        program = accuracy.get("first_program")  # absent from builds before it was measured
         lines += [
-            f"The base model's own prior, before any ClawGym data, on fresh dialogues of its pretraining chores: "
-            f"the first command's program right in {accuracy['first_program']:.0%}, the whole first command (names "
-            f"copied from the prompt) in {accuracy['first_command']:.0%}, "
+            "The base model's own prior, before any ClawGym data, on fresh dialogues of its pretraining chores: "
+            + (f"the first command's program right in {program:.0%}, " if program is not None else "")
+            + f"the whole first command (names copied from the prompt) in {accuracy['first_command']:.0%}, "
             f"every reply in {accuracy['all_replies']:.0%}.",
             "",
         ]
