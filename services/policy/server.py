@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,7 @@ from services.policy.adapters import AdapterRegistry, ServingVersion, inspect_ad
 from services.policy.engine import create_engine
 from services.policy.engine_start import EngineStartError
 from services.policy.stats import ServerStats
-from services.policy.stream import coalesce
+from services.policy.stream import Outbox, coalesce
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,8 @@ class PolicyServer:
         self._gauges = _Gauges()
         self._exporter: asyncio.Task[None] | None = None
         self._base_probe: dict[tuple[int, ...], list[float]] = {}  # the base never changes: score each probe once
+        self._outboxes: dict[str, Outbox] = {}  # per stream reader: pieces not yet read (open_streams)
+        self._streams: dict[str, asyncio.Task[None]] = {}  # stream id -> its generation, while it runs
         context = ray.get_runtime_context()
         # What this actor serves, kept across its restarts (the actor id survives them; a new server starts clean).
         self._record = Path(record_dir) / f"serving-{context.get_actor_id()}.json" if record_dir else None
@@ -126,26 +129,81 @@ class PolicyServer:
             update={"adapter": request.adapter, "adapter_version": version.info.version if version else BASE_VERSION}
         )
 
-    async def generate_stream(self, request: GenerateRequest, window_s: float = 0.0) -> AsyncIterator[GenerateDelta]:
-        """The reply as it is sampled (a Ray streaming generator): pieces of the tokens sampled within `window_s` of
-        each other (services.policy.stream), joining to what `generate` returns. Cancelling the call (the reader
-        went away) stops the request in the engine and frees its place."""
+    async def open_streams(self, reader: str, streams: dict[str, GenerateRequest], window_s: float = 0.0) -> None:
+        """Start streamed generations (stream id -> request) whose pieces `read_streams(reader)` hands out: the
+        tokens sampled within `window_s` of each other as one piece (services.policy.stream), joining to what
+        `generate` returns. Raises what `generate` raises for a bad request before any stream starts."""
         await self._ready()
-        prompt_ids, max_tokens = self._prompt(request)
-        version = self._registry.acquire(request.adapter) if request.adapter else None
+        prompts = {sid: self._prompt(request) for sid, request in streams.items()}
+        versions: dict[str, ServingVersion | None] = {}
+        try:
+            for sid, request in streams.items():
+                versions[sid] = self._registry.acquire(request.adapter) if request.adapter else None
+        except BaseException:
+            for version in versions.values():
+                if version:
+                    await self._release(version)
+            raise
+        box = self._outboxes.setdefault(reader, Outbox())
+        for sid, request in streams.items():
+            prompt_ids, max_tokens = prompts[sid]
+            run = self._stream(box, sid, request, prompt_ids, max_tokens, versions[sid], window_s)
+            self._streams[sid] = asyncio.create_task(run)
+
+    async def read_streams(self, reader: str, timeout_s: float = 5.0) -> list[tuple[str, GenerateDelta | Exception]]:
+        """Every piece of `reader`'s streams produced since its last read, once there is one ([] after `timeout_s`).
+        A stream ends with a piece that has a finish_reason, or with an exception."""
+        return await self._outboxes.setdefault(reader, Outbox()).take(timeout_s)
+
+    async def cancel_streams(self, stream_ids: list[str]) -> None:
+        """Stop these streams (their reader went away): the engine drops the requests and frees their places."""
+        for sid in stream_ids:
+            task = self._streams.get(sid)
+            if task is not None:
+                task.cancel()
+
+    async def generate_stream(self, request: GenerateRequest, window_s: float = 0.0) -> AsyncIterator[GenerateDelta]:
+        """One streamed reply as a Ray streaming generator (the same streams as `open_streams`, read one by one)."""
+        reader = sid = f"generator-{uuid.uuid4().hex}"
+        await self.open_streams(reader, {sid: request}, window_s)
+        try:
+            while True:
+                for _, item in await self.read_streams(reader, 60.0):
+                    if isinstance(item, Exception):
+                        raise item
+                    yield item
+                    if item.finish_reason is not None:
+                        return
+        finally:
+            await self.cancel_streams([sid])
+            self._outboxes.pop(reader, None)
+
+    async def _stream(
+        self,
+        box: Outbox,
+        sid: str,
+        request: GenerateRequest,
+        prompt_ids: list[int],
+        max_tokens: int,
+        version: ServingVersion | None,
+        window_s: float,
+    ) -> None:
         self._stats.started()
         tokens = 0
         finished = False
-        pieces = self._engine.stream(prompt_ids, request, max_tokens, version.lora if version else None)
         try:
+            pieces = self._engine.stream(prompt_ids, request, max_tokens, version.lora if version else None)
             async for piece in coalesce(pieces, window_s):
                 tokens += len(piece.token_ids)
                 finished = piece.finish_reason is not None
-                yield piece
+                box.put(sid, piece)
+        except Exception as exc:  # the reader raises it; an engine's own exception may not survive pickling
+            box.put(sid, exc if isinstance(exc, PolicyError) else RuntimeError(f"{type(exc).__name__}: {exc}"))
         finally:
             if not finished:
                 self._stats.cancelled += 1
             self._stats.finished(tokens)
+            self._streams.pop(sid, None)
             if version:
                 await self._release(version)
 

@@ -61,7 +61,7 @@ from services.serve.errors import (
 )
 from services.serve.keys import check_admin, check_bearer
 from services.serve.schema import ChatCompletionRequest, CompletionRequest, PublishRequest, TokenizeRequest
-from services.serve.stream import PolicyStream, open_stream, sse_response
+from services.serve.stream import PolicyStream, StreamMux, sse_response
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +124,7 @@ class OpenAIServer:
         context = serve.get_replica_context()
         name = f"{POLICY_ACTOR_PREFIX}{context.app_name}:{context.replica_id.unique_id}"
         self._policy = await asyncio.to_thread(start_policy_server, settings.config, name=name)
+        self._mux = StreamMux(self._policy)
         health = await self._policy.health.remote()
         self._max_model_len = health.max_model_len
         self._engine = health.engine
@@ -304,18 +305,12 @@ class OpenAIServer:
 
     async def _open_streams(self, requests: list[GenerateRequest], model: str, prompt_param: str) -> list[PolicyStream]:
         """Every choice's stream, started at once, each with its first piece read (so a refusal is an error status)."""
-        opened = await asyncio.gather(
-            *(open_stream(self._policy, r, self._window_s) for r in requests), return_exceptions=True
-        )
-        streams = [s for s in opened if isinstance(s, PolicyStream)]
-        failure = next((s for s in opened if isinstance(s, BaseException)), None)
-        if failure is not None:
-            for stream in streams:
-                stream.cancel()
-            raise await self._refusal(failure, model, prompt_param)
-        return streams
+        try:
+            return await self._mux.open(requests, self._window_s)
+        except Exception as exc:
+            raise await self._refusal(exc, model, prompt_param) from None
 
-    async def _refusal(self, exc: BaseException, model: str, prompt_param: str) -> OpenAIError:
+    async def _refusal(self, exc: Exception, model: str, prompt_param: str) -> OpenAIError:
         """The OpenAI error for what the policy server raised."""
         if isinstance(exc, UnknownAdapterError):
             return model_not_found(model, [c["id"] for c in await self._model_cards()])
@@ -327,7 +322,5 @@ class OpenAIServer:
             )
         if isinstance(exc, PolicyError):
             return bad_request(str(cause_of(exc)), prompt_param)
-        if not isinstance(exc, Exception):  # cancelled: the client left
-            raise exc
         log.error("generation failed: %s", cause_of(exc))
         return service_unavailable(f"the policy engine failed: {type(cause_of(exc)).__name__}")
