@@ -82,10 +82,47 @@ def test_summary_counts_live_actors_only_and_orders_live_first() -> None:
         actor_row(actor("a2", "SandboxPool", "w2"), samples),
     ]
     summary = summarise(rows, samples)
-    assert summary["engine"] == {"requests_in_flight": 3.0, "tokens_per_s": 120.5, "adapters": {"agent": 4}}
+    assert summary["engine"] == {
+        "requests_in_flight": 3.0,
+        "tokens_per_s": 120.5,
+        "adapters": {"agent": 4},
+        "vllm": None,
+    }
     assert summary["pools"] == [{"pool": "abc/bwrap", "leased": 3.0, "idle": 1.0}]
     assert [r["actor_id"] for r in order_actors(rows)] == ["a1", "a2", "d1"]
     assert summarise([], [])["engine"]["tokens_per_s"] is None
+
+
+VLLM = """ray_vllm_num_requests_running{{SessionName="{s}",WorkerId="w1",model_name="tiny"}} 5.0
+ray_vllm_num_requests_waiting{{SessionName="{s}",WorkerId="w1",model_name="tiny"}} 2.0
+ray_vllm_kv_cache_usage_perc{{SessionName="{s}",WorkerId="w1",model_name="tiny"}} 0.25
+ray_vllm_generation_tokens_total{{SessionName="{s}",WorkerId="w1",model_name="tiny"}} {tokens}
+ray_vllm_time_to_first_token_seconds_sum{{SessionName="{s}",WorkerId="w1",model_name="tiny"}} {ttft_sum}
+ray_vllm_time_to_first_token_seconds_count{{SessionName="{s}",WorkerId="w1",model_name="tiny"}} {ttft_count}
+"""
+
+
+def test_a_vllm_engine_is_shown_with_vllms_own_metrics() -> None:
+    from services.dashboard.ray_source import EngineCounters
+
+    now = [100.0]
+    counters = EngineCounters(clock=lambda: now[0])
+    rows = [actor_row(actor("a1", "PolicyServer", "w1"), [])]
+
+    def engine(tokens: float, ttft_sum: float, ttft_count: float) -> dict:
+        text = VLLM.format(s=SESSION, tokens=tokens, ttft_sum=ttft_sum, ttft_count=ttft_count)
+        return summarise(rows, parse_samples(text, SESSION), counters)["engine"]
+
+    first = engine(1000, 2.0, 10)
+    assert first["requests_in_flight"] == 7.0 and first["tokens_per_s"] is None  # a rate needs two exports
+    assert first["vllm"]["kv_cache_usage"] == 0.25
+    now[0] = 102.0
+    assert engine(1000, 2.0, 10)["tokens_per_s"] is None  # the same export, polled again
+    now[0] = 110.0
+    later = engine(1500, 3.0, 20)
+    assert later["tokens_per_s"] == 50.0 and later["vllm"]["ttft_s"] == 0.1  # 500 tokens, 10 first tokens, in 10 s
+    now[0] = 120.0
+    assert engine(10, 0.1, 1)["tokens_per_s"] == 50.0  # an engine that restarted keeps the last figures once
 
 
 def test_node_rows() -> None:

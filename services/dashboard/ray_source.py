@@ -3,8 +3,10 @@
 - Actors: the Ray dashboard's actor table (`/logical/actors`), which joins the state API's actors (state, node,
   pid, required resources) with the node reporters' per-process stats (CPU %, resident memory, GPU memory).
 - Nodes: the Ray dashboard's node summary (CPU %, memory, GPUs).
-- Gauges: what fieldkit actors export through `ray.util.metrics` (the policy server's requests in flight, tokens/s
-  and busy fraction; the sandbox pools' leased and idle counts), scraped from the metrics endpoints Ray lists for
+- Gauges: what fieldkit actors export through `ray.util.metrics` (the policy server's busy fraction and adapter
+  versions, the hf engine's requests in flight and tokens/s; the sandbox pools' leased and idle counts) and vLLM's
+  own metrics, which the vLLM engine exports through the same pipeline (`ray_vllm_*`: running and waiting requests,
+  KV-cache use, generated tokens, time to first token), scraped from the metrics endpoints Ray lists for
   Prometheus (`/api/prometheus/sd`) and tied to their actor by the WorkerId label Ray adds.
 
 Ray exports gauges about every 10 s, so those figures lag by up to that much. The Ray dashboard runs with token
@@ -16,13 +18,15 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-GAUGE_PREFIX = "ray_fieldkit_"
+GAUGE_PREFIXES = ("ray_fieldkit_", "ray_vllm_")
 MAX_DEAD_ACTORS = 20  # the newest dead actors stay visible (why did it die?); older ones are in Ray's dashboard
 _SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>.*)\})?\s+(?P<value>\S+)")
 _LABEL = re.compile(r'(?P<key>[a-zA-Z_][a-zA-Z0-9_]*)="(?P<value>(?:[^"\\]|\\.)*)"')
@@ -36,10 +40,11 @@ class Sample:
 
 
 def parse_samples(text: str, session: str | None) -> list[Sample]:
-    """fieldkit samples of a Prometheus text exposition, only those of `session` (other clusters may share ports)."""
+    """fieldkit and vLLM samples of a Prometheus text exposition, only those of `session` (other clusters may share
+    ports)."""
     samples = []
     for line in text.splitlines():
-        if not line.startswith(GAUGE_PREFIX):
+        if not line.startswith(GAUGE_PREFIXES):
             continue
         match = _SAMPLE.match(line)
         if match is None:
@@ -132,8 +137,32 @@ def node_row(summary: dict[str, Any], logical: dict[str, Any]) -> dict[str, Any]
     }
 
 
-def summarise(actors: list[dict[str, Any]], samples: list[Sample]) -> dict[str, Any]:
-    """The engine and sandbox-pool figures over live actors (a dead actor's last gauge values are not current)."""
+class EngineCounters:
+    """vLLM's counters as figures: generated tokens/s and mean time to first token between the two newest values
+    that differ (Ray exports about every 10 s; the page polls more often)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._last: tuple[tuple[float, float, float], float] | None = None
+        self.figures: dict[str, float | None] = {"tokens_per_s": None, "ttft_s": None}
+
+    def update(self, tokens: float, ttft_sum: float, ttft_count: float) -> dict[str, float | None]:
+        now, current = self._clock(), (tokens, ttft_sum, ttft_count)
+        if self._last is not None and current != self._last[0]:
+            (tokens0, sum0, count0), then = self._last
+            if tokens >= tokens0 and now > then:  # else the engine restarted: its counters began again
+                ttft = (ttft_sum - sum0) / (ttft_count - count0) if ttft_count > count0 else self.figures["ttft_s"]
+                self.figures = {"tokens_per_s": (tokens - tokens0) / (now - then), "ttft_s": ttft}
+        if self._last is None or current != self._last[0]:
+            self._last = (current, now)
+        return self.figures
+
+
+def summarise(
+    actors: list[dict[str, Any]], samples: list[Sample], counters: EngineCounters | None = None
+) -> dict[str, Any]:
+    """The engine and sandbox-pool figures over live actors (a dead actor's last gauge values are not current).
+    A vLLM engine's figures are vLLM's own; the hf engine's come from the policy server's gauges."""
     live_workers = {a["worker_id"] for a in actors if a["state"] == "ALIVE" and a["worker_id"]}
     live = [s for s in samples if s.labels.get("WorkerId") in live_workers]
 
@@ -142,6 +171,19 @@ def summarise(actors: list[dict[str, Any]], samples: list[Sample]) -> dict[str, 
         return sum(values) if values else None
 
     adapters = {s.labels["adapter"]: int(s.value) for s in live if s.name == "fieldkit_policy_adapter_version"}
+    running = total("vllm_num_requests_running")
+    vllm = None
+    if running is not None:
+        kv = [s.value for s in live if s.name == "vllm_kv_cache_usage_perc"]
+        tokens = total("vllm_generation_tokens_total") or total("vllm_generation_tokens") or 0.0
+        ttft = (total("vllm_time_to_first_token_seconds_sum") or 0.0, total("vllm_time_to_first_token_seconds_count"))
+        rates = (counters or EngineCounters()).update(tokens, ttft[0], ttft[1] or 0.0)
+        vllm = {
+            "running": running,
+            "waiting": total("vllm_num_requests_waiting") or 0.0,
+            "kv_cache_usage": max(kv or [0.0]),
+        }
+        vllm.update(rates)
     pools: dict[str, dict[str, Any]] = {}
     for s in live:
         if s.name in ("fieldkit_sandbox_leased", "fieldkit_sandbox_idle"):
@@ -149,9 +191,10 @@ def summarise(actors: list[dict[str, Any]], samples: list[Sample]) -> dict[str, 
             pools.setdefault(key, {"pool": key, "leased": 0.0, "idle": 0.0})[s.name.rsplit("_", 1)[1]] = s.value
     return {
         "engine": {
-            "requests_in_flight": total("fieldkit_policy_requests_in_flight"),
-            "tokens_per_s": total("fieldkit_policy_tokens_per_s"),
+            "requests_in_flight": running + vllm["waiting"] if vllm else total("fieldkit_policy_requests_in_flight"),
+            "tokens_per_s": vllm["tokens_per_s"] if vllm else total("fieldkit_policy_tokens_per_s"),
             "adapters": adapters,
+            "vllm": vllm,
         },
         "pools": sorted(pools.values(), key=lambda p: p["pool"]),
     }
@@ -164,6 +207,7 @@ class RayObserver:
         self.dashboard_url = dashboard_url.rstrip("/")
         self.timeout_s = timeout_s
         self._session: str | None = None
+        self._counters = EngineCounters()
 
     async def snapshot(self) -> dict[str, Any]:
         async with httpx.AsyncClient(headers=ray_auth_headers(), timeout=self.timeout_s) as client:
@@ -183,7 +227,7 @@ class RayObserver:
             "error": None,
             "actors": order_actors(rows),
             "nodes": [node_row(n, logical) for n in nodes.get("summary") or []],
-            **summarise(rows, samples),
+            **summarise(rows, samples, self._counters),
         }
 
     async def _get(self, client: httpx.AsyncClient, path: str) -> dict[str, Any]:

@@ -372,9 +372,11 @@ class PolicyServer:
             await self._engine.remove_lora(old.lora)
 
     async def _export_gauges(self) -> None:
+        own_load = self._model.engine != "vllm"  # vLLM exports requests and tokens itself (ray_vllm_*)
         while True:
-            self._gauges.in_flight.set(self._stats.in_flight)
-            self._gauges.tokens_per_s.set(self._stats.tokens_per_s())
+            if own_load:
+                self._gauges.in_flight.set(self._stats.in_flight)
+                self._gauges.tokens_per_s.set(self._stats.tokens_per_s())
             self._gauges.busy_fraction.set(self._stats.busy_fraction())
             await asyncio.sleep(GAUGE_PERIOD_S)
 

@@ -40,6 +40,7 @@ class VllmEngine(Engine):
     async def _start(self) -> None:
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
+        from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
 
         extra: dict[str, Any] = {}
         if self.gpu_fraction > 0:
@@ -57,11 +58,13 @@ class VllmEngine(Engine):
             enable_lora=True,
             max_loras=self.lora.max_loras,
             max_lora_rank=self.lora.max_lora_rank,
-            disable_log_stats=True,
+            disable_log_stats=False,  # vLLM's own figures (running/waiting, KV cache, TTFT, tokens), below
             logprobs_mode="processed_logprobs",  # of the distribution that sampled: after temperature and top-p
             **extra,
         )
-        self._llm = AsyncLLM.from_engine_args(args)
+        # vLLM's Prometheus metrics through Ray's metrics pipeline (ray_vllm_*), which the dashboard scrapes with the
+        # actors' own gauges; a plain prometheus_client registry in an actor process would be read by nobody.
+        self._llm = AsyncLLM.from_engine_args(args, stat_loggers=[RayPrometheusStatLogger])
         self._tokenizer = self._llm.get_tokenizer()
         # The first request pays one-off setup (several seconds on CPU); pay it here, not in the first rollout.
         warmup = GenerateRequest(prompt_token_ids=[0], max_tokens=2, temperature=0.0)

@@ -177,6 +177,9 @@ function renderEngine(engine) {
   document.getElementById("engine-tps").textContent = fmt(engine.tokens_per_s);
   push(state.tps, engine.tokens_per_s);
   sparkline(document.getElementById("engine-spark"), state.tps);
+  const v = engine.vllm;  // vLLM's own metrics, when the engine is vLLM
+  document.getElementById("engine-vllm").textContent = v ? `vLLM: ${fmt(v.running)} running, ${fmt(v.waiting)} waiting, ` +
+    `KV cache ${fmt(100 * v.kv_cache_usage)}% used, first token ${v.ttft_s == null ? "–" : fmt(1000 * v.ttft_s) + " ms"}` : "";
   const adapters = Object.entries(engine.adapters).map(([name, v]) => `${name} v${v}`).join(", ");
   document.getElementById("engine-adapters").textContent = adapters ? `serving ${adapters}` : "base model only";
 }
