@@ -386,3 +386,30 @@ def test_keys_reach_neither_the_run_directory_nor_the_logs(endpoint) -> None:
             searched += 1
             assert API_KEY.encode() not in data and ADMIN_KEY.encode() not in data, path
     assert searched > 10
+
+
+def test_an_adapter_refused_at_start_is_one_error_not_a_restart_loop(endpoint) -> None:
+    """Last: it replaces the module's app. The hf engine starts in seconds; the refusal does not depend on it."""
+    from ray import serve
+
+    from services.serve import AdapterSource, start_endpoint
+    from services.serve.launch import EndpointStartError
+
+    serve.delete("fieldkit-test")
+    bad = endpoint["root"] / "refused" / "best"
+    ref = write_adapter(endpoint["model_dir"], bad, "agent", 1, seed=4)
+    probe = ref.probe.model_copy(update={"logprobs": [lp - 2.0 for lp in ref.probe.logprobs]})
+    (bad / "adapter_ref.json").write_text(ref.model_copy(update={"probe": probe}).model_dump_json())
+    config = endpoint["config"].model_copy(
+        update={
+            "model": endpoint["config"].model.model_copy(update={"engine": "hf"}),
+            "serve": endpoint["config"].serve.model_copy(update={"app_name": "fieldkit-refused"}),
+        }
+    )
+    started = time.perf_counter()
+    with pytest.raises(EndpointStartError) as caught:
+        start_endpoint(config, [AdapterSource(bad)])
+    message = str(caught.value)
+    assert "AdapterRejectedError" in message and "probe log-probs differ" in message and "\n" not in message
+    assert "fieldkit-refused" not in serve.status().applications  # nothing left restarting
+    print(f"\nrefused at start in {time.perf_counter() - started:.0f} s: {message}")

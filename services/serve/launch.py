@@ -168,9 +168,12 @@ def start_endpoint(config: RunConfig, adapters: Sequence[AdapterSource] = ()) ->
     serve.start(http_options={"host": config.serve.host, "port": config.serve.port})
     try:
         serve.run(build_application(settings), name=config.serve.app_name, route_prefix="/")
-    except RuntimeError as exc:  # the replica's start failed; Serve's message holds its whole traceback
+    except RuntimeError as exc:  # the replica's start failed; the deployment's status holds its traceback
+        status = serve.status().applications.get(config.serve.app_name)
+        deployment = status.deployments.get(DEPLOYMENT) if status else None
         serve.delete(config.serve.app_name)
-        raise EndpointStartError(f"the endpoint did not start: {_root_cause(str(exc))}") from None
+        why = _root_cause(deployment.message if deployment and deployment.message else str(exc))
+        raise EndpointStartError(f"the endpoint did not start: {why}") from None
     return Endpoint(
         base_url=f"http://{config.serve.host}:{config.serve.port}/v1",
         models=[settings.base_name, *(ref.name for ref in settings.adapters)],
