@@ -16,7 +16,6 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
 import openai
 
 BYTES_PER_TOKEN_ESTIMATE = 3  # conservative for BPE on English/code; used only where the server cannot count
@@ -74,7 +73,7 @@ class ChatClient:
         self.context_limit = context_limit
         self.min_completion_tokens = min_completion_tokens
         self._attempts = 0  # requests sent for the current call, retries included (an httpx hook counts them)
-        http = httpx.Client(timeout=timeout_s, event_hooks={"request": [self._count]})
+        http = openai.DefaultHttpxClient(timeout=timeout_s, event_hooks={"request": [self._count]})
         self._openai = openai.OpenAI(
             base_url=self.base_url,
             api_key=api_key or "none",  # the SDK insists on one; servers without keys ignore it
@@ -93,7 +92,7 @@ class ChatClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _count(self, _: httpx.Request) -> None:
+    def _count(self, _: object) -> None:
         self._attempts += 1
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> tuple[Any, int]:

@@ -172,18 +172,15 @@ def summarise(
 
     adapters = {s.labels["adapter"]: int(s.value) for s in live if s.name == "fieldkit_policy_adapter_version"}
     running = total("vllm_num_requests_running")
-    vllm = None
+    vllm: dict[str, float | None] | None = None
+    waiting = 0.0
     if running is not None:
         kv = [s.value for s in live if s.name == "vllm_kv_cache_usage_perc"]
         tokens = total("vllm_generation_tokens_total") or total("vllm_generation_tokens") or 0.0
         ttft = (total("vllm_time_to_first_token_seconds_sum") or 0.0, total("vllm_time_to_first_token_seconds_count"))
         rates = (counters or EngineCounters()).update(tokens, ttft[0], ttft[1] or 0.0)
-        vllm = {
-            "running": running,
-            "waiting": total("vllm_num_requests_waiting") or 0.0,
-            "kv_cache_usage": max(kv or [0.0]),
-        }
-        vllm.update(rates)
+        waiting = total("vllm_num_requests_waiting") or 0.0
+        vllm = {"running": running, "waiting": waiting, "kv_cache_usage": max(kv or [0.0]), **rates}
     pools: dict[str, dict[str, Any]] = {}
     for s in live:
         if s.name in ("fieldkit_sandbox_leased", "fieldkit_sandbox_idle"):
@@ -191,7 +188,9 @@ def summarise(
             pools.setdefault(key, {"pool": key, "leased": 0.0, "idle": 0.0})[s.name.rsplit("_", 1)[1]] = s.value
     return {
         "engine": {
-            "requests_in_flight": running + vllm["waiting"] if vllm else total("fieldkit_policy_requests_in_flight"),
+            "requests_in_flight": running + waiting
+            if running is not None
+            else total("fieldkit_policy_requests_in_flight"),
             "tokens_per_s": vllm["tokens_per_s"] if vllm else total("fieldkit_policy_tokens_per_s"),
             "adapters": adapters,
             "vllm": vllm,

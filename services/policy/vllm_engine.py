@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Literal
 
 from fieldkit.generation import GenerateDelta, GenerateRequest, GenerateResult, PolicyError
 from services.policy.engine import Engine, EngineLora
@@ -141,7 +141,7 @@ class VllmEngine(Engine):
             async for output in outputs:
                 piece = output.outputs[0]
                 token_ids, logprobs, top = _logprobs(piece, request.top_logprobs)
-                finish = None
+                finish: Literal["stop", "length"] | None = None
                 if output.finished:
                     finish = "length" if piece.finish_reason == "length" else "stop"
                 yield GenerateDelta(

@@ -104,10 +104,10 @@ class StreamMux:
                 self._open.clear()
                 return
             for sid, item in items:
-                stream = self._open.get(sid)
-                if stream is None:
+                reader = self._open.get(sid)
+                if reader is None:
                     continue  # cancelled meanwhile
-                stream.queue.put_nowait(item)
+                reader.queue.put_nowait(item)
                 if isinstance(item, Exception) or item.finish_reason is not None:
                     del self._open[sid]
 
