@@ -372,11 +372,11 @@ class PolicyServer:
             await self._engine.remove_lora(old.lora)
 
     async def _export_gauges(self) -> None:
-        own_load = self._model.engine != "vllm"  # vLLM exports requests and tokens itself (ray_vllm_*)
+        # In flight and tokens/s duplicate vLLM's own ray_vllm_* figures on the vLLM engine; the page shows vLLM's,
+        # but deploy/grafana's dashboard still reads these for every engine, so they stay until it moves over.
         while True:
-            if own_load:
-                self._gauges.in_flight.set(self._stats.in_flight)
-                self._gauges.tokens_per_s.set(self._stats.tokens_per_s())
+            self._gauges.in_flight.set(self._stats.in_flight)
+            self._gauges.tokens_per_s.set(self._stats.tokens_per_s())
             self._gauges.busy_fraction.set(self._stats.busy_fraction())
             await asyncio.sleep(GAUGE_PERIOD_S)
 
