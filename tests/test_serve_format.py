@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import re
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -28,6 +30,7 @@ from services.serve.adapters import (
     default_name,
 )
 from services.serve.errors import OpenAIError, install_error_handlers, validation_message
+from services.serve.errors import log as errors_log
 from services.serve.schema import ChatCompletionRequest, CompletionRequest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -232,13 +235,13 @@ def test_completion_refuses_what_it_cannot_do() -> None:
     assert errors_of(CompletionRequest, {"model": "m", "prompt": "a", "suffix": "x"})[1] == "suffix"
 
 
-def test_error_bodies_of_unknown_routes_and_crashes() -> None:
+def test_error_bodies_of_unknown_routes_and_crashes(caplog: pytest.LogCaptureFixture) -> None:
     app = FastAPI()
     install_error_handlers(app)
 
     @app.get("/boom")
     async def boom() -> None:
-        raise RuntimeError("kaput")
+        raise RuntimeError("kaput reading /srv/secret/runs/x/adapter")
 
     @app.get("/teapot")
     async def teapot() -> None:
@@ -247,13 +250,17 @@ def test_error_bodies_of_unknown_routes_and_crashes() -> None:
     client = TestClient(app, raise_server_exceptions=False)
     missing = client.get("/v1/nothing")
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "unknown_url"
-    crash = client.get("/boom")
-    assert crash.status_code == 500 and crash.json()["error"] == {
-        "message": "RuntimeError: kaput",
-        "type": "server_error",
-        "param": None,
-        "code": None,
-    }
+    with caplog.at_level(logging.ERROR, logger=errors_log.name):
+        crash = client.get("/boom")
+    error = crash.json()["error"]
+    assert crash.status_code == 500 and (error["type"], error["param"], error["code"]) == ("server_error", None, None)
+    # The caller learns the kind and an id, never the exception's text (it can name server paths); the log has both.
+    error_id = re.fullmatch(
+        r"internal error (\w{12}) \(RuntimeError\); the server's log has the details", error["message"]
+    )
+    assert error_id is not None and "/srv/secret" not in crash.text
+    logged = [r for r in caplog.records if error_id[1] in r.getMessage()]
+    assert len(logged) == 1 and "/srv/secret/runs/x/adapter" in str(logged[0].exc_info[1])
     assert client.get("/teapot").json()["error"]["message"] == "short and stout"
 
 

@@ -6,6 +6,7 @@ AuthenticationError, ...) with a message that names the field and the value.
 from __future__ import annotations
 
 import logging
+import uuid
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -112,5 +113,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("request failed")
-        return OpenAIError(500, f"{type(exc).__name__}: {exc}", type_="server_error").response()
+        # The exception's text can hold server paths and internals: it goes to the log under an id the caller gets.
+        error_id = uuid.uuid4().hex[:12]
+        log.exception("request failed (error %s)", error_id)
+        message = f"internal error {error_id} ({type(exc).__name__}); the server's log has the details"
+        return OpenAIError(500, message, type_="server_error").response()
