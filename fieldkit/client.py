@@ -176,11 +176,17 @@ class ChatClient:
         seed: int | None = None,
         json_schema: dict[str, Any] | None = None,
         schema_name: str = "reply",
+        top_logprobs: int | None = None,
     ) -> ChatReply:
+        """`top_logprobs`: also return each reply token's most likely alternatives (in `raw`, as the API gives them),
+        which an LLM judge reads its score from."""
         model = self.resolve_model()
         extra: dict[str, Any] = {}
         if seed is not None:
             extra["seed"] = seed
+        if top_logprobs is not None:
+            extra["logprobs"] = True
+            extra["top_logprobs"] = top_logprobs
         if json_schema is not None:
             extra["response_format"] = {
                 "type": "json_schema",
