@@ -9,7 +9,22 @@ from __future__ import annotations
 
 import typer
 
-from fieldkit.cli import config, dashboard, demo, doctor, eval, gym, lineage, model, plan, sandbox, serve, train
+from fieldkit.cli import (
+    config,
+    dashboard,
+    demo,
+    doctor,
+    eval,
+    gym,
+    lineage,
+    model,
+    plan,
+    rag,
+    sandbox,
+    serve,
+    sft,
+    train,
+)
 
 app = typer.Typer(
     help="fieldkit-mesh: agentic RL fine-tuning with LoRA on one GPU box, scaled out on Ray.",
@@ -22,9 +37,11 @@ app.add_typer(lineage.app, name="lineage")
 app.add_typer(eval.app, name="eval")
 app.add_typer(gym.app, name="gym")
 app.add_typer(sandbox.app, name="sandbox")
+app.add_typer(rag.app, name="rag")
 app.command("train")(train.train)
 app.command("demo")(demo.demo)
 app.command("plan")(plan.plan)
 app.command("serve")(serve.serve)
+app.command("sft")(sft.sft)
 app.command("dashboard")(dashboard.dashboard)
 app.command("doctor")(doctor.doctor)
