@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 TINY_MODEL = "tiny"  # the embedded default: the tiny Qwen2 the project builds itself (fieldkit.tiny_model)
 TINY_AGENT_MODEL = "tiny-agent"  # the tiny model after a protocol prior on invented chores (fieldkit.agent_prior)
@@ -300,6 +300,9 @@ class ResourcesConfig(Section):
     num_gpus: int = Field(0, ge=0, description="GPUs the run may use; 0 runs everything on CPU")
     engine_gpu_fraction: float = Field(0.5, ge=0, le=1, description="share of the GPU for the policy server")
     learner_gpu_fraction: float = Field(0.4, ge=0, le=1, description="share of the GPU for the learner")
+    placement: dict[Literal["learner", "policy", "rollout"], dict[str, float]] = Field(
+        default_factory=dict, description="Ray custom resources each role's actors ask for, to pin them to nodes"
+    )
 
     @model_validator(mode="after")
     def _fractions_fit_one_gpu(self) -> ResourcesConfig:
@@ -311,11 +314,30 @@ class ResourcesConfig(Section):
         return self
 
 
+STORAGE_SCHEMES = ("s3", "gs", "gcs", "abfs", "abfss", "hdfs")  # what pyarrow.fs.FileSystem.from_uri opens
+
+
 class PathsConfig(Section):
     runs_dir: Path = Field(Path("runs"), description="every run writes under runs/<run_name>/")
     models_dir: Path = Field(Path("runs/models"), description="built and converted models are cached here")
     corpus_dir: Path = Field(Path("runs/corpus"), description="tasks.jsonl + split.json of the ClawGym corpus")
     lineage_db: Path = Field(Path("runs/lineage.db"), description="the SQLite lineage store")
+    storage: str | None = Field(
+        None,
+        description="adapters and checkpoints, read by every node: a directory on every node, or s3://bucket/prefix "
+        "(gs://, abfs://, hdfs://); None = runs_dir",
+    )
+    node_cache: Path | None = Field(
+        None, description="each node's cache of downloads from storage; $FIELDKIT_NODE_CACHE wins, None = system temp"
+    )
+
+    @field_validator("storage")
+    @classmethod
+    def _storage_scheme(cls, value: str | None) -> str | None:
+        scheme = value.split("://", 1)[0] if value and "://" in value else None
+        if scheme is not None and scheme not in STORAGE_SCHEMES:
+            raise ValueError(f"{value!r}: scheme {scheme}:// is not one of {', '.join(STORAGE_SCHEMES)} (or a path)")
+        return value
 
 
 class ServeConfig(Section):
@@ -421,6 +443,11 @@ class RunConfig(Section):
     @property
     def run_dir(self) -> Path:
         return self.paths.runs_dir / self.run_name
+
+    @property
+    def storage_root(self) -> str:
+        """Run storage (fieldkit.storage): paths.storage, else the runs directory."""
+        return self.paths.storage or str(self.paths.runs_dir)
 
     def config_hash(self) -> str:
         """Stable short hash of the full config, recorded with every lineage trial."""

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 from fieldkit.config import ConfigError, RunConfig
+from fieldkit.storage import is_uri
 
 HOME_ENV = "FIELDKIT_HOME"
 RAY_COPY_MARK = "working_dir_files"  # Ray unpacks a job's working_dir under <session>/runtime_resources/<this>/
@@ -31,6 +32,8 @@ def anchor_paths(cfg: RunConfig, home: Path | None = None, cwd: Path | None = No
     """`cfg` with every relative path made absolute under the project home (`project_home()` unless given)."""
     home = home if home is not None else project_home(cwd)
     paths = cfg.paths.model_dump()
+    # None (the default) and object-store URIs (paths.storage: s3://...) are not paths to anchor
+    paths = {k: v for k, v in paths.items() if v is not None and not is_uri(str(v))}
     relative = {f"paths.{k}": v for k, v in paths.items() if not Path(v).is_absolute()}
     adapter = cfg.model.init_adapter
     if adapter is not None and not adapter.is_absolute():
@@ -48,7 +51,9 @@ def anchor_paths(cfg: RunConfig, home: Path | None = None, cwd: Path | None = No
                 for key, value in relative.items()
             ],
         )
-    anchored = {k: v if Path(v).is_absolute() else home / v for k, v in paths.items()}
+    anchored = {
+        k: v if Path(v).is_absolute() else str(home / v) if k == "storage" else home / v for k, v in paths.items()
+    }
     model = cfg.model
     if "model.init_adapter" in relative:
         model = model.model_copy(update={"init_adapter": home / relative["model.init_adapter"]})

@@ -30,6 +30,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from fieldkit.gym.records import Episode
+from fieldkit.storage import Storage
 
 MIN_FREE_BYTES = 64 << 20  # refuse to start a write with less free space than this
 
@@ -110,40 +111,73 @@ class RunDir:
     def adapters(self) -> Path:
         return self.root / "adapters"
 
-    def latest_checkpoint(self) -> tuple[int, Path] | None:
-        """The newest checkpoint whose state.json exists (a crash mid-save leaves none)."""
-        if not self.latest.exists():
-            return None
-        step = json.loads(self.latest.read_text())["step"]
-        path = self.checkpoint(step)
-        if not (path / "state.json").exists():
-            raise FileNotFoundError(f"{self.latest} points at step {step} but {path}/state.json is missing")
-        return step, path
-
     def checkpoints(self) -> list[tuple[int, Path]]:
         """Every complete checkpoint (state.json written, which is written last), newest first."""
         root = self.root / "checkpoints"
         found = [(int(path.name), path) for path in root.glob("[0-9]" * 6) if (path / "state.json").exists()]
         return sorted(found, reverse=True)
 
-    def retired(self, keep_last: int, keep_step: int | None) -> tuple[list[Path], list[Path]]:
-        """What retention lets go: (the checkpoints beyond the `keep_last` newest, except step `keep_step`'s; the
-        adapter directories those served and no kept checkpoint serves). An adapter no checkpoint names yet (just
-        published) is never let go."""
-        checkpoints = self.checkpoints()
-        kept = {path for i, (step, path) in enumerate(checkpoints) if i < keep_last or step == keep_step}
-        served: dict[Path, set[str]] = {path: set() for _, path in checkpoints}
-        for path in served:
-            adapter = json.loads((path / "state.json").read_text())["adapter"]
-            if adapter is not None:
-                served[path].add(Path(adapter["path"]).name)
-        keep = set().union(*(served[path] for path in kept))
-        let_go = set().union(*(served[path] for path in served if path not in kept)) - keep
-        retired = [path for _, path in checkpoints if path not in kept]
-        return retired, [self.adapters / name for name in sorted(let_go) if (self.adapters / name).is_dir()]
+
+class RunStore:
+    """A run's artifacts in run storage (fieldkit.storage), which every node reads:
+        <run>/adapters/<run>-v<version>/   each published adapter version (the learner uploads them)
+        <run>/checkpoints/<step>/          learner/ (uploaded by the learner), then state.json (by the driver, last)
+        <run>/latest.json                  the newest complete checkpoint
+        <run>/best/                        the adapter chosen on validation score, with its adapter_ref.json
+    With the default storage (the runs directory) these are the run directory's own paths."""
+
+    def __init__(self, storage: Storage, run_name: str) -> None:
+        self.storage = storage
+        self.run = run_name
+
+    def adapter(self, name: str) -> str:
+        return f"{self.run}/adapters/{name}"
+
+    def checkpoint(self, step: int) -> str:
+        return f"{self.run}/checkpoints/{step_name(step)}"
+
+    @property
+    def latest(self) -> str:
+        return f"{self.run}/latest.json"
+
+    @property
+    def best(self) -> str:
+        return f"{self.run}/best"
+
+    def checkpoints(self) -> list[tuple[int, str]]:
+        """Every complete checkpoint (state.json written, which is written last), newest first."""
+        names = self.storage.children(f"{self.run}/checkpoints", marker="state.json")
+        return sorted(((int(n), self.checkpoint(int(n))) for n in names if n.isdigit()), reverse=True)
+
+    def latest_checkpoint(self) -> tuple[int, str] | None:
+        """The checkpoint latest.json names (a crash mid-save leaves the one before)."""
+        if not self.storage.exists(self.latest):
+            return None
+        step = self.storage.read_json(self.latest)["step"]
+        key = self.checkpoint(step)
+        if not self.storage.exists(f"{key}/state.json"):
+            raise FileNotFoundError(
+                f"{self.storage.uri(self.latest)} points at step {step} but {key}/state.json is missing"
+            )
+        return step, key
 
     def mark_latest(self, step: int) -> None:
-        atomic_write_json(self.latest, {"step": step, "path": str(self.checkpoint(step))})
+        self.storage.write_json(self.latest, {"step": step, "key": self.checkpoint(step)})
+
+    def retired(self, keep_last: int, keep_step: int | None) -> tuple[list[str], list[str]]:
+        """What retention lets go: (the checkpoints beyond the `keep_last` newest, except step `keep_step`'s; the
+        adapter versions those served and no kept checkpoint serves). An adapter no checkpoint names yet (just
+        published) is never let go."""
+        checkpoints = self.checkpoints()
+        kept = {key for i, (step, key) in enumerate(checkpoints) if i < keep_last or step == keep_step}
+        served: dict[str, set[str]] = {key: set() for _, key in checkpoints}
+        for key in served:
+            adapter = self.storage.read_json(f"{key}/state.json")["adapter"]
+            if adapter is not None:
+                served[key].add(adapter["name"])
+        keep = set().union(*(served[key] for key in kept))
+        let_go = set().union(*(served[key] for key in served if key not in kept)) - keep
+        return [key for _, key in checkpoints if key not in kept], [self.adapter(name) for name in sorted(let_go)]
 
 
 def sample_tasks(train_ids: Sequence[str], seed: int, step: int, n: int) -> list[str]:

@@ -13,15 +13,16 @@ deterministic given the checkpoint and the batch, so the state is the lost one e
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import ray
 
 from fieldkit.config import RunConfig
 from fieldkit.rl.records import TrainBatch
-from fieldkit.runs import RunDir
+from fieldkit.runs import RunStore
+from fieldkit.storage import Storage
 from fieldkit.training.records import AdapterRef
 from fieldkit.training.sft import SftExample
 from fieldkit.training.trainer import StepMismatchError
@@ -43,13 +44,10 @@ class Learner:
         self._trainer = LoraPolicyTrainer(config)  # starts from model.init_adapter when set
         # A first start leaves resuming to the driver, which picks a checkpoint it can read; a restart returns to
         # the one the driver last marked as latest (before its first checkpoint: the start, as on a first start).
-        found = (
-            RunDir(config.run_dir).latest_checkpoint()
-            if ray.get_runtime_context().was_current_actor_reconstructed
-            else None
-        )
+        self._store = RunStore(Storage(config.storage_root, config.paths.node_cache), config.run_name)
+        found = self._store.latest_checkpoint() if ray.get_runtime_context().was_current_actor_reconstructed else None
         if found is not None:
-            self._trainer.load_state(found[1] / "learner")
+            self._trainer.load_state(self._store.storage.fetch(f"{found[1]}/learner"))
         self._gauges = _Gauges()
         self._gauges.step.set(self._trainer.at_step)
 
@@ -62,8 +60,15 @@ class Learner:
         return metrics
 
     def publish(self, version: int) -> AdapterRef:
-        """Write adapter `version` (the state of step `version`) under runs/<run>/adapters/ with its probe."""
-        return self._trainer.publish(version)
+        """Upload adapter `version` (the state of step `version`) to run storage; its ref carries the storage
+        location and the probe."""
+        storage, key = self._store.storage, self._store.adapter(self._trainer.adapter_name(version))
+        staging = storage.staging(key)
+        try:
+            ref = self._trainer.publish(version, staging / "adapter")
+            return ref.model_copy(update={"path": storage.put_dir(staging / "adapter", key)})
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
 
     def warm_start(self, examples: list[SftExample]) -> dict[str, float]:
         """LoRA SFT before RL; the result is the state of step 0 and the KL reference."""
@@ -79,12 +84,18 @@ class Learner:
     def at_step(self) -> int:
         return self._trainer.at_step
 
-    def save_state(self, directory: str, step: int) -> None:
-        self._trainer.save_state(Path(directory), step)
+    def save_state(self, key: str, step: int) -> None:
+        """Upload the learner state of `step` to run storage as version `key`."""
+        staging = self._store.storage.staging(key)
+        try:
+            self._trainer.save_state(staging / "state", step)
+            self._store.storage.put_dir(staging / "state", key)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
 
-    def load_state(self, directory: str) -> int:
-        """Resume from a checkpoint; returns the step it holds."""
-        self._trainer.load_state(Path(directory))
+    def load_state(self, key: str) -> int:
+        """Resume from the checkpoint at `key` in run storage; returns the step it holds."""
+        self._trainer.load_state(self._store.storage.fetch(key))
         self._gauges.step.set(self._trainer.at_step)
         return self._trainer.at_step
 
@@ -141,11 +152,11 @@ class LearnerSession:
     def publish(self, version: int) -> AdapterRef:
         return self._call(version, lambda: self.actor.publish.remote(version))
 
-    def save_state(self, directory: str, step: int) -> None:
-        self._call(step, lambda: self.actor.save_state.remote(directory, step))
+    def save_state(self, key: str, step: int) -> None:
+        self._call(step, lambda: self.actor.save_state.remote(key, step))
 
-    def load_state(self, directory: str) -> int:
-        return ray.get(self.actor.load_state.remote(directory))
+    def load_state(self, key: str) -> int:
+        return ray.get(self.actor.load_state.remote(key))
 
     def _call(self, step: int, submit: Any) -> Any:
         """ray.get(submit()), which needs the learner at `step`; after a refusal, bring it there and call again."""
@@ -168,6 +179,7 @@ class LearnerSession:
 def start_learner(config: RunConfig, *, name: str | None = None) -> Any:
     """Create the Learner actor with the config's GPU share and wait until its model is loaded."""
     gpu_fraction = config.resources.learner_gpu_fraction if config.resources.num_gpus > 0 else 0.0
-    learner = Learner.options(name=name, num_gpus=gpu_fraction).remote(config)  # type: ignore[attr-defined]
+    resources = config.resources.placement.get("learner")
+    learner = Learner.options(name=name, num_gpus=gpu_fraction, resources=resources).remote(config)  # type: ignore[attr-defined]
     ray.get(learner.at_step.remote())  # raises here, not at the first step, if the model cannot load
     return learner

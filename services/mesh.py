@@ -58,7 +58,7 @@ def start_mesh(cfg: RunConfig) -> Mesh:
         starting(3, 3)
     grader = Grader.remote(cfg)  # type: ignore[attr-defined]
     workers = [
-        RolloutWorker.remote(cfg, model_dir, policy, grader)  # type: ignore[attr-defined]
+        RolloutWorker.options(resources=cfg.resources.placement.get("rollout")).remote(cfg, model_dir, policy, grader)  # type: ignore[attr-defined]
         for _ in range(cfg.rollout.workers)
     ]
     return Mesh(cfg, model_dir, policy, pools, grader, workers, learner)

@@ -29,6 +29,7 @@ from fieldkit.gym.records import Episode, ExecResult, StopReason, Turn, Workspac
 from fieldkit.gym.task import Task
 from fieldkit.rl.a2tgpo import information_gain
 from fieldkit.rl.tds import should_regenerate, turn_entropy
+from fieldkit.storage import fetch_dir
 from services.logs import capture_actor_output
 
 MAX_CONSECUTIVE_PARSE_ERRORS = 3  # a policy that misses the protocol three times running will not recover
@@ -235,7 +236,9 @@ class RolloutWorker:
         self.owner = context.get_actor_id()  # the same across restarts of this worker
         if context.was_current_actor_reconstructed:  # the sandboxes the dead process held are nobody's now
             ray.get(self.pool.release_owner.remote(self.owner))
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        tokenizer = AutoTokenizer.from_pretrained(
+            fetch_dir(model_dir, cfg.paths.node_cache)
+        )  # a model in storage: once per node
         self.runner = EpisodeRunner(cfg, tokenizer, self._generate, self._score, self._progress)
         self.metrics = _Metrics()
         self.in_flight = 0

@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import shutil
 import signal
 import sys
 import time
@@ -52,7 +50,16 @@ from fieldkit.lineage.provenance import capture_provenance
 from fieldkit.overrides import load_config
 from fieldkit.progress import Phase, widen_when_piped
 from fieldkit.rl.batch import build_train_batch
-from fieldkit.runs import RunDir, atomic_write_bytes, atomic_write_json, atomic_write_jsonl, read_episodes, sample_tasks
+from fieldkit.runs import (
+    RunDir,
+    RunStore,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_jsonl,
+    read_episodes,
+    sample_tasks,
+)
+from fieldkit.storage import Storage, fetch_dir
 from fieldkit.trackers import TrackerUnavailableError, check_trackers
 from fieldkit.training.records import AdapterRef
 from services.cluster import connect
@@ -82,7 +89,8 @@ class TrainingRun:
         roles = {task_id: task.persona.role for task_id, task in tasks.items()}
         self.validation = stratified_subset(validation, roles, cfg.eval.validation_limit, "validation")
         self.floors = task_floors(tasks[i] for i in self.validation)
-        self.dir = RunDir(cfg.run_dir)
+        self.dir = RunDir(cfg.run_dir)  # the driver's own records: episodes, metrics, config, logs
+        self.store = RunStore(Storage(cfg.storage_root, cfg.paths.node_cache), cfg.run_name)  # what every node reads
         self.provenance = capture_provenance(config=cfg)  # the machine too: the doctor's report, cheap (no probes)
         self.recorder = Recorder(cfg, self.provenance)  # lineage trials, mirrored to the experiment trackers
         self.lineage = self.recorder.lineage
@@ -98,9 +106,9 @@ class TrainingRun:
     # ---- start / resume -------------------------------------------------------------------------------------
     def start(self, resume: bool) -> int:
         """Load the adapter to serve and return the first step to run."""
-        if resume and self.dir.checkpoints():
+        if resume and self.store.checkpoints():
             return self._resume() + 1
-        if self.dir.latest.exists():
+        if self.dir.latest.exists() or self.store.storage.exists(self.store.latest):
             raise SystemExit(f"{self.dir.root} already holds a run: pass --resume, or choose another run_name")
         atomic_write_bytes(self.dir.root / "config.yaml", yaml.safe_dump(self.cfg.model_dump(mode="json")).encode())
         atomic_write_json(self.dir.root / "provenance.json", dataclasses.asdict(self.provenance))
@@ -113,10 +121,11 @@ class TrainingRun:
 
     def _resume(self) -> int:
         """Continue from the newest checkpoint that loads; an unreadable one is reported and the one before used."""
-        for step, path in self.dir.checkpoints():
+        for step, key in self.store.checkpoints():
+            path = self.store.storage.uri(key)
             try:
-                state = json.loads((path / "state.json").read_text())
-                self.learner.load_state(str(path / "learner"))
+                state = self.store.storage.read_json(f"{key}/state.json")
+                self.learner.load_state(f"{key}/learner")
                 self._load(AdapterRef.model_validate(state["adapter"]))
             except Exception as exc:  # any fault of this checkpoint: its files, the learner's load, the probe
                 console.print(f"[red]checkpoint {path} is unusable, trying the one before[/red]: {exc}")
@@ -124,7 +133,7 @@ class TrainingRun:
             self.best_metric = state["best_metric"]
             self.best_step = state.get("best_step")  # absent in checkpoints written before retention
             self.zero_signal = state["zero_signal"]
-            self.dir.mark_latest(step)  # a learner restarted later returns here, not to the unusable one
+            self.store.mark_latest(step)  # a learner restarted later returns here, not to the unusable one
             console.print(f"resumed {self.cfg.run_name} after step {step}: serving adapter v{self.adapter.version}")
             return step
         raise SystemExit(f"{self.dir.root}: no checkpoint loads (each one's error is above); start a new run_name")
@@ -244,7 +253,7 @@ class TrainingRun:
                 runs.append(runner(task.workspace_seed, task.reference_solution))
                 progress(len(runs), len(tasks))
         chats = [oracle_transcript(t, r, with_stop=self.cfg.sft.with_stop) for t, r in zip(tasks, runs, strict=True)]
-        tokenizer = AutoTokenizer.from_pretrained(self.mesh.model_dir)
+        tokenizer = AutoTokenizer.from_pretrained(fetch_dir(self.mesh.model_dir, self.cfg.paths.node_cache))
         with Phase("SFT warm start (optimizer steps)", transient=True) as progress:
             metrics = self.learner.warm_start(examples_from_chats(tokenizer, chats), progress)
         console.print(
@@ -293,7 +302,7 @@ class TrainingRun:
         if is_best and self.adapter is not None:
             self.best_metric = score
             self.best_step = step
-            self._copy_best(Path(self.adapter.path))
+            self._copy_best(self.adapter)
         parent = f"step-{step:04d}" if step else ("sft" if self.cfg.sft.warm_start else None)
         walls = {"gate_s": time.perf_counter() - t0}
         self.recorder.record(
@@ -310,36 +319,31 @@ class TrainingRun:
             soft_wrap=True,  # one line, however narrow the terminal (or a job log's 80 columns)
         )
 
-    def _copy_best(self, adapter_dir: Path) -> None:
-        staging = self.dir.best.with_name("best.tmp")
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.copytree(adapter_dir, staging)
-        if self.adapter is not None:  # `fieldkit serve --adapter runs/<run>/best` serves it with the learner's probe
-            (staging / REF_FILE).write_text(self.adapter.model_dump_json(indent=2))
-        shutil.rmtree(self.dir.best, ignore_errors=True)
-        staging.rename(self.dir.best)
+    def _copy_best(self, adapter: AdapterRef) -> None:
+        """Copy the adapter to <run>/best in run storage, storage to storage (on an object store, server-side)."""
+        storage = self.store.storage
+        # with its ref: `fieldkit serve --adapter runs/<run>/best` serves it with the learner's probe
+        ref = adapter.model_copy(update={"path": storage.uri(self.store.best)}).model_dump_json(indent=2).encode()
+        storage.copy_dir(storage.key_of(adapter.path), self.store.best, {REF_FILE: ref})
 
     def _checkpoint(self, step: int) -> None:
-        path = self.dir.checkpoint(step)
-        self.learner.save_state(str(path / "learner"), step)
+        key = self.store.checkpoint(step)
+        self.learner.save_state(f"{key}/learner", step)
         state = {"step": step, "adapter": self.adapter.model_dump(mode="json") if self.adapter else None}
         best = {"best_metric": self.best_metric, "best_step": self.best_step}
-        atomic_write_json(path / "state.json", {**state, **best, "zero_signal": self.zero_signal})
-        self.dir.mark_latest(step)
+        self.store.storage.write_json(f"{key}/state.json", {**state, **best, "zero_signal": self.zero_signal})
+        self.store.mark_latest(step)
         self._retire()
 
     def _retire(self) -> None:
         """Retention (checkpoint.keep_last): adapters no kept checkpoint serves are unloaded from the policy server,
         then they and the checkpoints let go are deleted, each first renamed out of sight so a crash never leaves
         half of one under its name."""
-        checkpoints, adapters = self.dir.retired(self.cfg.checkpoint.keep_last, self.best_step)
+        checkpoints, adapters = self.store.retired(self.cfg.checkpoint.keep_last, self.best_step)
         for adapter in adapters:
-            ray.get(self.mesh.policy.unload_adapter.remote(adapter.name))
-        for path in [*adapters, *checkpoints]:
-            hidden = path.with_name(f".{path.name}.retired")
-            shutil.rmtree(hidden, ignore_errors=True)  # left by a crash in an earlier retirement
-            path.rename(hidden)
-            shutil.rmtree(hidden)
+            ray.get(self.mesh.policy.unload_adapter.remote(adapter.rsplit("/", 1)[-1]))
+        for key in [*adapters, *checkpoints]:
+            self.store.storage.delete(key)
 
     def _show(self, step: int, m: dict[str, Any]) -> None:
         console.print(

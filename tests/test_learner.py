@@ -18,7 +18,8 @@ from training_batches import REPLIES, fixed_batch
 from fieldkit.config import RunConfig
 from fieldkit.rl.batch import build_train_batch
 from fieldkit.rl.records import TrainBatch
-from fieldkit.runs import RunDir
+from fieldkit.runs import RunDir, RunStore
+from fieldkit.storage import Storage
 
 pytestmark = pytest.mark.ray
 
@@ -87,10 +88,12 @@ def test_resume_in_a_new_actor_continues_from_the_saved_state(trained, tmp_path:
     from services.learner import start_learner
 
     config, learner, batch, _, _ = trained
-    ray.get(learner.save_state.remote(str(tmp_path / "state"), 3))
+    key = "learner-test/checkpoints/000003/learner"  # in run storage (the runs directory by default)
+    ray.get(learner.save_state.remote(key, 3))
+    assert (config.paths.runs_dir / key / "optimizer.pt").is_file()
     resumed = start_learner(config)
     try:
-        assert ray.get(resumed.load_state.remote(str(tmp_path / "state"))) == 3
+        assert ray.get(resumed.load_state.remote(key)) == 3
         # same weights, optimizer and RNG: the next step is the same step in both actors
         expected, got = ray.get([learner.step.remote(batch, 4), resumed.step.remote(batch, 4)])
         assert got["loss"] == pytest.approx(expected["loss"], rel=1e-5)
@@ -241,7 +244,8 @@ def drive(config: RunConfig, tiny_model_dir: Path, strike: Callable[[Any, str, i
 
     actor = start_learner(config)
     session = LearnerSession(actor)
-    run = RunDir(config.run_dir)
+    run = RunDir(config.run_dir)  # the default run storage: the run directory itself
+    store = RunStore(Storage(config.storage_root), config.run_name)
     pids = set()
 
     def pid() -> int:
@@ -249,9 +253,9 @@ def drive(config: RunConfig, tiny_model_dir: Path, strike: Callable[[Any, str, i
 
     def checkpoint(step: int) -> None:
         strike(actor, "save_state", step)
-        session.save_state(str(run.checkpoint(step) / "learner"), step)
+        session.save_state(f"{store.checkpoint(step)}/learner", step)
         (run.checkpoint(step) / "state.json").write_text("{}")
-        run.mark_latest(step)
+        store.mark_latest(step)
 
     try:
         from transformers import AutoTokenizer

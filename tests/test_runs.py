@@ -8,7 +8,16 @@ from pathlib import Path
 import pytest
 
 from fieldkit.gym.records import Action, Episode, Turn
-from fieldkit.runs import DiskFullError, RunDir, atomic_write_json, atomic_write_jsonl, read_episodes, sample_tasks
+from fieldkit.runs import (
+    DiskFullError,
+    RunDir,
+    RunStore,
+    atomic_write_json,
+    atomic_write_jsonl,
+    read_episodes,
+    sample_tasks,
+)
+from fieldkit.storage import Storage
 
 
 def episode(i: int) -> Episode:
@@ -37,13 +46,13 @@ def test_full_disk_stops_before_writing_and_keeps_the_old_file(tmp_path: Path, m
 
 
 def test_latest_checkpoint_requires_a_complete_state(tmp_path: Path) -> None:
-    run = RunDir(tmp_path)
+    run = RunStore(Storage(str(tmp_path)), "run")
     assert run.latest_checkpoint() is None
     run.mark_latest(2)
     with pytest.raises(FileNotFoundError, match=r"state\.json is missing"):
         run.latest_checkpoint()
-    atomic_write_json(run.checkpoint(2) / "state.json", {"step": 2})
-    assert run.latest_checkpoint() == (2, run.checkpoint(2))
+    atomic_write_json(tmp_path / run.checkpoint(2) / "state.json", {"step": 2})
+    assert run.latest_checkpoint() == (2, "run/checkpoints/000002")
 
 
 def test_step_sampling_is_a_function_of_seed_and_step() -> None:
@@ -57,15 +66,15 @@ def test_step_sampling_is_a_function_of_seed_and_step() -> None:
 
 
 def test_retention_keeps_the_newest_checkpoints_the_best_and_the_adapters_they_serve(tmp_path: Path) -> None:
-    run = RunDir(tmp_path)
+    run = RunStore(Storage(str(tmp_path)), "run")
     served = {0: 0, 1: 1, 2: 1, 3: 3, 4: 4}  # step 2 trained nothing: its checkpoint still serves v1
     for version in (0, 1, 3, 4, 5):  # v5: published, its checkpoint not written yet
-        (run.adapters / f"run-v{version}").mkdir(parents=True)
-    (run.adapters / ".run-v6.tmp123").mkdir()  # a publish in progress
+        (tmp_path / run.adapter(f"run-v{version}")).mkdir(parents=True)
+    (tmp_path / "run" / "adapters" / ".run-v6.tmp123").mkdir()  # a publish in progress
     for step, version in served.items():
-        adapter = {"name": f"run-v{version}", "path": str((run.adapters / f"run-v{version}").resolve())}
-        atomic_write_json(run.checkpoint(step) / "state.json", {"step": step, "adapter": adapter})
+        adapter = {"name": f"run-v{version}", "path": str(tmp_path / run.adapter(f"run-v{version}"))}
+        atomic_write_json(tmp_path / run.checkpoint(step) / "state.json", {"step": step, "adapter": adapter})
     checkpoints, adapters = run.retired(keep_last=2, keep_step=1)
     assert checkpoints == [run.checkpoint(2), run.checkpoint(0)]  # 4 and 3 are the newest, 1 is the best
-    assert [a.name for a in adapters] == ["run-v0"]  # v1 serves the best; v5 is newer than every checkpoint
+    assert adapters == [run.adapter("run-v0")]  # v1 serves the best; v5 is newer than every checkpoint
     assert run.retired(keep_last=5, keep_step=None) == ([], [])

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from fieldkit.config import RunConfig
 from fieldkit.rl.losses import Denominators, aggregate, kl_k3, mismatch_weight, policy_loss, ratio_segments
 from fieldkit.rl.records import TrainBatch
+from fieldkit.storage import fetch_dir
 from fieldkit.training.logprobs import token_logprobs
 from fieldkit.training.lora_model import adapter_rank, load_lora_model, resolve_model_path, save_adapter
 from fieldkit.training.microbatch import MicroBatch, collate, plan_micro_batches
@@ -43,7 +44,8 @@ class LoraPolicyTrainer:
         self.cfg = cfg
         self.device = device or ("cuda" if cfg.resources.num_gpus > 0 and torch.cuda.is_available() else "cpu")
         torch.manual_seed(cfg.seed)
-        self.model_path = resolve_model_path(cfg.model, cfg.paths.models_dir)
+        # a model in run storage (s3://...) is copied into this node's cache once
+        self.model_path = str(fetch_dir(resolve_model_path(cfg.model, cfg.paths.models_dir), cfg.paths.node_cache))
         self.model, self.tokenizer = load_lora_model(
             self.model_path,
             cfg.lora,
@@ -198,13 +200,17 @@ class LoraPolicyTrainer:
             logp_bt, _ = token_logprobs(self.model, mb.input_ids_bt, mb.attention_bt, temperature_bt=mb.temperature_bt)
         return logp_bt
 
+    def adapter_name(self, version: int) -> str:
+        """Each version is its own adapter name, so an episode never mixes two."""
+        return f"{self.cfg.run_name}-v{version}"
+
     def publish(self, version: int, directory: Path | None = None) -> AdapterRef:
         """Write the adapter of step `version` (replacing an older copy of the same version) and its probe; return
         the ref. Refused unless the state holds that step."""
         from fieldkit.training.probe import build_probe, probe_sequence
 
         self.expect_step(f"publish({version})", version)
-        name = f"{self.cfg.run_name}-v{version}"
+        name = self.adapter_name(version)
         target = directory or self.cfg.run_dir / "adapters" / name
         save_adapter(self.model, target)
         probe = build_probe(self.model, *probe_sequence(self.tokenizer))

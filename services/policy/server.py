@@ -15,13 +15,11 @@ they asked for, never the base by mistake.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import time
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import ray
@@ -40,7 +38,7 @@ from fieldkit.generation import (
     PromptTooLongError,
 )
 from fieldkit.machine import ALLOW_BF16_LORA_ENV
-from fieldkit.runs import atomic_write_json
+from fieldkit.storage import Storage, StorageError, fetch_dir
 from fieldkit.training.probe import check_probe
 from fieldkit.training.records import AdapterRef
 from services.logs import capture_actor_output
@@ -64,11 +62,12 @@ MAX_RESTARTS = 3  # a server that dies at every start (a model that no longer fi
 class PolicyServer:
     def __init__(
         self, model_dir: str, model: ModelConfig, lora: LoraConfig, gpu_fraction: float = 0.0,
-        record_dir: str | None = None,
+        record_dir: str | None = None, node_cache: str | None = None,
     ) -> None:  # fmt: skip
         capture_actor_output("policy")  # before the engine starts: its processes inherit the descriptors
         self._model = model
         self._lora = lora
+        model_dir = str(fetch_dir(model_dir, node_cache))  # a model in storage: copied into this node's cache once
         self._engine = create_engine(model_dir, model, lora, gpu_fraction)
         self._registry = AdapterRegistry(lora.keep_versions)
         self._stats = ServerStats()
@@ -82,8 +81,11 @@ class PolicyServer:
         self._outboxes: dict[str, Outbox] = {}  # per stream reader: pieces not yet read (open_streams)
         self._streams: dict[str, asyncio.Task[None]] = {}  # stream id -> its generation, while it runs
         context = ray.get_runtime_context()
-        # What this actor serves, kept across its restarts (the actor id survives them; a new server starts clean).
-        self._record = Path(record_dir) / f"serving-{context.get_actor_id()}.json" if record_dir else None
+        self._node_cache = node_cache  # where adapters from an object store are downloaded (fieldkit.storage)
+        # What this actor serves, kept across its restarts (the actor id survives them; a new server starts clean),
+        # in run storage: a restart may land on another node.
+        self._records = Storage(record_dir, node_cache) if record_dir else None
+        self._record = f"serving-{context.get_actor_id()}.json"
         self._restarted = context.was_current_actor_reconstructed
 
     async def start(self) -> PolicyHealth:
@@ -105,8 +107,8 @@ class PolicyServer:
                 self._start_error = exc
                 raise
             self._exporter = asyncio.create_task(self._export_gauges())
-            if self._restarted and self._record is not None and self._record.exists():
-                refs = [AdapterRef.model_validate(ref) for ref in json.loads(self._record.read_text()).values()]
+            if self._restarted and self._records is not None and self._records.exists(self._record):
+                refs = [AdapterRef.model_validate(ref) for ref in self._records.read_json(self._record).values()]
                 for ref in refs:
                     await self._load_verified(ref)
                 log.warning("policy server restarted: serving %s again", [f"{r.name} v{r.version}" for r in refs])
@@ -242,11 +244,11 @@ class PolicyServer:
         """Hot-load `ref` as its name's newest version, after its probe proves the engine serves the right weights."""
         await self._ready()
         info = await self._load_verified(ref)
-        if self._record is not None:  # the adapters loaded last, one per name, as many as the engine holds at once
-            served = json.loads(self._record.read_text()) if self._record.exists() else {}
+        if self._records is not None:  # the adapters loaded last, one per name, as many as the engine holds at once
+            served = self._records.read_json(self._record) if self._records.exists(self._record) else {}
             served.pop(ref.name, None)
             served[ref.name] = ref.model_dump(mode="json")  # dicts keep insertion order: the newest load is last
-            atomic_write_json(self._record, dict(list(served.items())[-self._lora.max_loras :]))
+            self._records.write_json(self._record, dict(list(served.items())[-self._lora.max_loras :]))
         return info
 
     async def unload_adapter(self, name: str) -> None:
@@ -255,14 +257,19 @@ class PolicyServer:
         async with self._load_lock:
             for old in self._registry.remove(name):
                 await self._engine.remove_lora(old.lora)
-            if self._record is not None and self._record.exists():  # a restart must not load it again
-                served = json.loads(self._record.read_text())
+            if self._records is not None and self._records.exists(self._record):  # a restart must not load it again
+                served = self._records.read_json(self._record)
                 if served.pop(name, None) is not None:
-                    atomic_write_json(self._record, served)
+                    self._records.write_json(self._record, served)
 
     async def _load_verified(self, ref: AdapterRef) -> LoadedAdapter:
         async with self._load_lock:
             self._registry.check_newer(ref)
+            try:  # from run storage into this node's cache (a directory on a filesystem is read where it is)
+                local = await asyncio.to_thread(fetch_dir, ref.path, self._node_cache)
+            except StorageError as exc:
+                raise AdapterRejectedError(f"adapter {ref.name} v{ref.version}: {exc}") from None
+            stored, ref = ref, ref.model_copy(update={"path": str(local)})
             inspect_adapter_dir(ref, self._lora.max_lora_rank)
             if ref.probe is None and self._lora.require_probe:
                 raise AdapterRejectedError(f"adapter {ref.name} v{ref.version} has no probe (lora.require_probe is on)")
@@ -302,7 +309,7 @@ class PolicyServer:
                 name=ref.name,
                 version=ref.version,
                 lora_id=lora.lora_id,
-                path=ref.path,
+                path=stored.path,
                 rank=ref.rank,
                 probe=check,
                 load_s=loaded - started,
@@ -400,9 +407,20 @@ def start_policy_server(config: RunConfig, *, name: str | None = None) -> Any:
     model_dir = resolve_model_path(config.model, config.paths.models_dir)
     gpu_fraction = config.resources.engine_gpu_fraction if config.resources.num_gpus > 0 else 0.0
     env = {**ENGINE_ENV, **{k: os.environ[k] for k in (ALLOW_BF16_LORA_ENV,) if k in os.environ}}
+    records = Storage(config.storage_root).uri(f"{config.run_name}/policy")
     server = PolicyServer.options(  # type: ignore[attr-defined]
-        name=name, num_gpus=gpu_fraction, runtime_env={"env_vars": env}
-    ).remote(model_dir, config.model, config.lora, gpu_fraction, str(Path(config.run_dir) / "policy"))
+        name=name,
+        num_gpus=gpu_fraction,
+        runtime_env={"env_vars": env},
+        resources=config.resources.placement.get("policy"),
+    ).remote(
+        model_dir,
+        config.model,
+        config.lora,
+        gpu_fraction,
+        records,
+        config.paths.node_cache and str(config.paths.node_cache),
+    )
     try:  # not retried: a start that failed fails again, and its error should come back now, once
         ray.get(server.start.options(max_task_retries=0).remote())
     except ray.exceptions.RayTaskError as exc:
