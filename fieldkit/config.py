@@ -261,7 +261,9 @@ class RolloutConfig(Section):
 
 
 class SandboxConfig(Section):
-    backend: Literal["auto", "docker", "bwrap", "local"] = Field("auto", description="auto: docker>bwrap>local")
+    backend: Literal["auto", "docker", "bwrap", "local"] = Field(
+        "auto", description="auto: docker, else bwrap, else refuse (local only by name: it isolates nothing)"
+    )
     pool_size: int = Field(4, ge=1, description="warm sandboxes kept per node")
     memory_mb: int = Field(512, ge=16, description="memory limit per sandbox")
     pids: int = Field(128, ge=8, description="process limit per sandbox (stops fork bombs)")

@@ -246,13 +246,13 @@ def _sandbox(config: RunConfig, problems: Mapping[str, str | None]) -> Check:
                 advice=f"{problem}; or set sandbox.backend: auto",
             )
         return Check(name="sandbox", status="ok", summary=f"{asked} ({found})")
-    chosen = working[0] if working else "local"
-    if chosen == "local":
+    chosen = next((name for name in working if name != "local"), None)
+    if chosen is None:
         reasons = "; ".join(p for name, p in problems.items() if p)
         return Check(
             name="sandbox",
-            status="warn",
-            summary=f"auto picks local: agent commands run unisolated, as this user ({found})",
-            advice=f"install bubblewrap or start Docker: {reasons}",
+            status="fail",
+            summary=f"auto refuses to start: no isolating backend here ({found})",
+            advice=f"install bubblewrap or start Docker: {reasons}; or run unisolated with sandbox.backend: local",
         )
     return Check(name="sandbox", status="ok", summary=f"auto picks {chosen} ({found})")

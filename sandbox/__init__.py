@@ -1,7 +1,8 @@
 """Sandboxes: one interface, backends docker / bubblewrap / local. Never imports Ray.
 
-`create_sandbox(seed)` picks the strongest backend this machine runs (`auto`: docker if an engine answers, else
-bubblewrap if it can create namespaces here, else the non-isolating local backend, with a warning).
+`create_sandbox(seed)` picks the strongest isolating backend this machine runs (`auto`: docker if an engine answers,
+else bubblewrap if it can create namespaces here, else a SandboxError naming the fix). The non-isolating local
+backend runs only when asked for by name.
 """
 
 from __future__ import annotations

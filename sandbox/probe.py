@@ -5,12 +5,14 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+import socket
 import subprocess
 from collections.abc import Callable
 
 from sandbox.base import SandboxError
 
-BACKENDS = ("docker", "bwrap", "local")  # strongest first: the order `auto` tries them in
+BACKENDS = ("docker", "bwrap", "local")  # strongest first
+ISOLATING = ("docker", "bwrap")  # what `auto` may pick, in this order: never `local`, which isolates nothing
 BWRAP_PROBE_UID = 65_532  # probed as an unprivileged uid when root, as the bwrap backend runs its sandboxes
 
 
@@ -62,10 +64,25 @@ def available_backends() -> list[str]:
     return [name for name in BACKENDS if backend_problem(name) is None]
 
 
+def auto_backend() -> str | None:
+    """The isolating backend `auto` picks here, or None when neither docker nor bubblewrap works."""
+    return next((name for name in ISOLATING if backend_problem(name) is None), None)
+
+
 def resolve_backend(name: str) -> str:
-    """`auto` -> the strongest working backend; a named backend -> itself, or SandboxError saying why not."""
+    """`auto` -> the strongest isolating backend, or SandboxError naming this machine and the fix when there is
+    none (a pod without Docker or user namespaces must not silently run agents' commands unisolated); a named
+    backend -> itself, or SandboxError saying why not."""
     if name == "auto":
-        return available_backends()[0]
+        chosen = auto_backend()
+        if chosen is None:
+            why = "; ".join(f"{backend}: {backend_problem(backend)}" for backend in ISOLATING)
+            raise SandboxError(
+                f"no isolating sandbox backend on {socket.gethostname()} ({why}). Fix: start Docker or install "
+                "bubblewrap on this node, or accept no isolation by saying so: sandbox.backend: local in the run "
+                "config (--backend local on the command line)"
+            )
+        return chosen
     if name not in BACKENDS:
         raise ValueError(f"sandbox backend {name!r} is unknown; allowed: auto, {', '.join(BACKENDS)}")
     problem = backend_problem(name)

@@ -283,16 +283,25 @@ def start_pools(cfg: SandboxConfig) -> dict[str, Any]:
     """One warmed-up pool per alive node, pinned to it and named after it (see `pool_on_this_node`)."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    pools = {}
-    for node in ray.nodes():
-        if node["Alive"]:
-            pools[node["NodeID"]] = SandboxPool.options(  # type: ignore[attr-defined]
-                name=pool_name(node["NodeID"]),
-                get_if_exists=True,
-                scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False),
-            ).remote(cfg)
+    nodes = [node["NodeID"] for node in ray.nodes() if node["Alive"]]
+    on_node = {node: NodeAffinitySchedulingStrategy(node, soft=False) for node in nodes}
+    try:  # each node's own answer, first: a node without isolation stops the run here with its reason
+        backends = ray.get([_backend_here.options(scheduling_strategy=on_node[n]).remote(cfg.backend) for n in nodes])
+    except ray.exceptions.RayTaskError as exc:
+        raise exc.cause from None  # the SandboxError naming the node and the fix, without Ray's remote traceback
+    pools = {
+        node: SandboxPool.options(  # type: ignore[attr-defined]
+            name=pool_name(node), get_if_exists=True, scheduling_strategy=on_node[node]
+        ).remote(cfg.model_copy(update={"backend": backend}))
+        for node, backend in zip(nodes, backends, strict=True)
+    }
     ray.get([pool.ready.remote() for pool in pools.values()])
     return pools
+
+
+@ray.remote(num_cpus=0)
+def _backend_here(name: str) -> str:
+    return resolve_backend(name)
 
 
 def pool_on_this_node() -> Any:

@@ -90,8 +90,8 @@ def test_sandbox_check_reuses_the_probe_answers() -> None:
     machine = machine_with(AVX2_CPUINFO)
     nothing = {"docker": "no engine", "bwrap": "not installed", "local": None}
     unisolated = check(diagnose(RunConfig(), machine, nothing), "sandbox")
-    assert unisolated.status == "warn" and "auto picks local" in unisolated.summary
-    assert "not installed" in unisolated.advice
+    assert unisolated.status == "fail" and "auto refuses to start" in unisolated.summary
+    assert "not installed" in unisolated.advice and "sandbox.backend: local" in unisolated.advice
     bwrap_only = {"docker": "no engine", "bwrap": None, "local": None}
     picked = check(diagnose(RunConfig(), machine, bwrap_only), "sandbox")
     assert picked.status == "ok" and "auto picks bwrap" in picked.summary

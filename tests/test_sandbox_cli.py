@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,8 +17,8 @@ pytestmark = pytest.mark.sandbox
 FIELDKIT = str(Path(sys.executable).parent / "fieldkit")
 
 
-def fieldkit(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([FIELDKIT, *args], capture_output=True, text=True, timeout=120)
+def fieldkit(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([FIELDKIT, *args], capture_output=True, text=True, timeout=120, env=env)
 
 
 @pytest.mark.parametrize("backend", ["docker", "bwrap", "local"])
@@ -49,4 +51,23 @@ def test_bad_input_is_named() -> None:
 def test_backends_lists_local_and_the_auto_choice() -> None:
     report = json.loads(fieldkit("sandbox", "backends", "--json").stdout)
     assert report["backends"]["local"] is None
-    assert report["backends"][report["auto"]] is None
+    assert report["auto"] in ("docker", "bwrap") and report["backends"][report["auto"]] is None
+
+
+def without_isolation() -> dict[str, str]:
+    """This machine as a pod that has neither: no Docker engine at DOCKER_HOST, no bwrap on PATH."""
+    return {**os.environ, "PATH": str(Path(sys.executable).parent), "DOCKER_HOST": "unix:///nonexistent/docker.sock"}
+
+
+def test_auto_refuses_a_node_without_isolation_and_local_runs_only_when_named() -> None:
+    refused = fieldkit("sandbox", "exec", "--backend", "auto", "--", "echo ran", env=without_isolation())
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert f"no isolating sandbox backend on {socket.gethostname()}" in refused.stderr
+    assert (
+        "docker: no Docker engine answers" in refused.stderr and "bwrap: bubblewrap is not installed" in refused.stderr
+    )
+    assert "sandbox.backend: local" in refused.stderr and "--backend local" in refused.stderr
+    report = json.loads(fieldkit("sandbox", "backends", "--json", env=without_isolation()).stdout)
+    assert report["auto"] is None and report["backends"]["local"] is None
+    named = fieldkit("sandbox", "exec", "--backend", "local", "--", "echo ran", env=without_isolation())
+    assert named.returncode == 0 and json.loads(named.stdout)["stdout"] == "ran\n"

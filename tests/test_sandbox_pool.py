@@ -3,6 +3,7 @@ health checks, and recovery from a sandbox killed from outside in the middle of 
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -144,3 +145,25 @@ def test_pools_per_node_are_found_from_a_task(ray_cluster: None) -> None:
     for actor in pools.values():
         ray.get(actor.close.remote())
         ray.kill(actor)
+
+
+def test_a_node_without_isolation_refuses_to_start_its_pool(ray_cluster: None, tmp_path: Path) -> None:
+    """`auto` never falls back to `local`: a node with neither Docker nor bubblewrap stops the run, named."""
+    from sandbox import SandboxError
+    from services.sandbox_pool import start_pools
+
+    no_bwrap = tmp_path / "bin"  # this machine's PATH as a node without bubblewrap installed
+    no_bwrap.mkdir()
+    for directory in dict.fromkeys(os.environ["PATH"].split(os.pathsep)):
+        for tool in Path(directory).glob("*") if Path(directory).is_dir() else []:
+            if tool.name != "bwrap" and not (no_bwrap / tool.name).exists():
+                (no_bwrap / tool.name).symlink_to(tool)
+    env = {"PATH": str(no_bwrap), "DOCKER_HOST": "unix:///nonexistent/docker.sock"}  # and no Docker engine
+    ray.shutdown()
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
+    try:
+        with pytest.raises(SandboxError, match=r"no isolating sandbox backend on .*sandbox\.backend: local"):
+            start_pools(SandboxConfig(backend="auto", pool_size=1))
+    finally:
+        ray.shutdown()
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)

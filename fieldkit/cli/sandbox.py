@@ -65,10 +65,10 @@ def exec_command(
 @app.command("backends")
 def backends(as_json: Annotated[bool, typer.Option("--json", help="machine-readable")] = False) -> None:
     """Which backends work here (strongest first, the one `auto` picks marked), and why the others do not."""
-    from sandbox.probe import BACKENDS, backend_problem
+    from sandbox.probe import BACKENDS, auto_backend, backend_problem
 
     problems = {name: backend_problem(name) for name in BACKENDS}
-    auto = next(name for name in BACKENDS if problems[name] is None)
+    auto = auto_backend()  # None: `auto` refuses to start here (local runs only when named)
     if as_json:
         print(json.dumps({"auto": auto, "backends": problems}, indent=2))
         return
@@ -76,3 +76,5 @@ def backends(as_json: Annotated[bool, typer.Option("--json", help="machine-reada
         mark = "[green]ok[/green]" if problem is None else "[red]no[/red]"
         chosen = "  [bold](auto)[/bold]" if name == auto else ""
         console.print(f"{mark} {name}{chosen}" + (f": {problem}" if problem else ""), highlight=False)
+    if auto is None:
+        console.print("[red]auto refuses to start here[/red]: no isolating backend (--backend local runs unisolated)")
