@@ -16,9 +16,10 @@ import yaml
 
 from fieldkit.capabilities.catalog import load_catalogue
 from fieldkit.capabilities.planner import make_plan
-from fieldkit.capabilities.ray_layout import rayjob
+from fieldkit.capabilities.ray_layout import NODE_CACHE, pod_storage, rayjob
 from fieldkit.capabilities.request import PlanRequest
 from fieldkit.config import RunConfig
+from fieldkit.overrides import load_config
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY_FILES = [REPO / "ray_cluster.yaml", *sorted((REPO / "deploy" / "kuberay").glob("*.yaml"))]
@@ -112,11 +113,36 @@ def check_ray_cluster_spec(spec: dict[str, Any]) -> None:
     assert len({c["image"] for c in containers}) == 1 and all(c["workingDir"] == "/app" for c in containers)
 
 
+def check_pod_storage(spec: dict[str, Any], model_path: str) -> None:
+    """Every pod gets what a cluster run needs (pods share no disk): the storage credentials, a node cache, the
+    model under a read-only volume, and every mount backed by a volume of its own pod; the head also keeps runs/."""
+    pods = [(spec["headGroupSpec"]["template"]["spec"], True)]
+    pods += [(group["template"]["spec"], False) for group in spec["workerGroupSpecs"]]
+    for pod, head in pods:
+        (container,) = pod["containers"]
+        expected_container, expected_volumes = pod_storage(head)
+        assert {key: container.get(key) for key in expected_container} == expected_container  # = plan --emit ray's
+        assert pod["volumes"] == expected_volumes
+        volumes = {volume["name"] for volume in pod["volumes"]}
+        mounts = {mount["mountPath"]: mount for mount in container["volumeMounts"]}
+        assert {mount["name"] for mount in mounts.values()} <= volumes
+        holding_model = [m for path, m in mounts.items() if Path(model_path).is_relative_to(path)]
+        assert len(holding_model) == 1 and holding_model[0]["readOnly"] is True, model_path
+        assert {"name": "FIELDKIT_NODE_CACHE", "value": NODE_CACHE} in container["env"] and NODE_CACHE in mounts
+        assert ("/app/runs" in mounts) == head
+
+
 def check_rayjob(job: dict[str, Any]) -> None:
     assert (job["apiVersion"], job["kind"]) == ("ray.io/v1", "RayJob")
-    assert re.fullmatch(r"python -m services\.train --config \S+\.yaml", job["spec"]["entrypoint"])
+    entry = re.fullmatch(
+        r"python -m services\.train --config (\S+\.yaml) --set (paths\.storage=\S+)", job["spec"]["entrypoint"]
+    )
+    assert entry, job["spec"]["entrypoint"]
+    config = load_config(REPO / entry[1], [entry[2]])  # the run the cluster starts, as the driver reads it
+    assert config.paths.storage is not None and "://" in config.paths.storage  # an object store every pod reaches
     assert job["spec"]["shutdownAfterJobFinishes"] is True
     check_ray_cluster_spec(job["spec"]["rayClusterSpec"])
+    check_pod_storage(job["spec"]["rayClusterSpec"], config.model.name_or_path)
 
 
 def test_the_rayjob_manifest_submits_the_driver_on_a_token_auth_cluster() -> None:

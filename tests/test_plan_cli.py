@@ -55,13 +55,15 @@ def test_a_run_config_supplies_model_lora_and_rollouts() -> None:
 
 
 def test_emit_ray_gives_bundles_resources_and_a_rayjob() -> None:
-    plan = as_json("--run", str(RUN_7B), "--gpu", "h100", "--recompute", "full", "--emit", "ray")
+    plan = as_json(
+        "--run", str(RUN_7B), "--gpu", "h100", "--recompute", "full", "--emit", "ray", "--storage", "s3://b/p"
+    )
     ray, best = plan["ray"], plan["best"]
     learner = next(g for g in ray["placement_groups"] if g["name"] == "learner")
     assert len(learner["bundles"]) == best["learner_gpus"] and learner["bundles"][0]["GPU"] == 1
     assert ray["resources"]["num_gpus"] == best["gpus"]
     job = ray["rayjob"]
-    assert job["spec"]["entrypoint"] == f"python -m services.train --config {RUN_7B}"
+    assert job["spec"]["entrypoint"] == f"python -m services.train --config {RUN_7B} --set paths.storage=s3://b/p"
     worker = job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]
     gpus = int(worker["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"])
     assert gpus * worker["replicas"] >= best["gpus"]

@@ -38,6 +38,9 @@ def plan(
     max_gpus: Annotated[int | None, typer.Option(help="largest layout considered  [default: 1024]")] = None,
     catalog: Annotated[list[Path] | None, typer.Option(help="extra hardware/model catalogue file (repeatable)")] = None,
     emit: Annotated[str | None, typer.Option(help="'ray': placement groups, resources and a RayJob")] = None,
+    storage: Annotated[
+        str | None, typer.Option(help="--emit ray: paths.storage of every pod  [default: s3://fieldkit-runs]")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable plan")] = False,
 ) -> None:
     """Memory terms, the layout with the fewest GPUs, alternatives; exit 1 when nothing fits, 2 on bad input."""
@@ -77,7 +80,7 @@ def plan(
         ray = {
             "placement_groups": placement_groups(result, hw),
             "resources": resources_section(result),
-            "rayjob": rayjob(result, hw, run_config),
+            "rayjob": rayjob(result, hw, run_config, **({"storage": storage} if storage else {})),
         }
         if not Path(run_config).exists():
             result.notes.append(f"the RayJob submits {run_config}: write it, with the resources section shown")
