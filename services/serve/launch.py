@@ -59,7 +59,12 @@ def published_dir(config: RunConfig) -> Path:
 
 def absolute_paths(config: RunConfig) -> RunConfig:
     """A copy whose paths no longer depend on the working directory of whichever process reads them."""
-    paths = {name: Path(value).resolve() for name, value in config.paths.model_dump().items()}
+    paths: dict[str, Path | str] = {}
+    for name, value in config.paths.model_dump().items():
+        if value is None or (isinstance(value, str) and "://" in value):
+            continue  # unset (a default applies later), or an object-store URI: nothing here to resolve
+        resolved = Path(value).resolve()
+        paths[name] = str(resolved) if isinstance(value, str) else resolved  # paths.storage stays a string
     return config.model_copy(update={"paths": config.paths.model_copy(update=paths)})
 
 
