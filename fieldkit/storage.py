@@ -170,7 +170,7 @@ class Storage:
     def _cached(self, key: str) -> Path:
         """Where this node keeps its copy of `key`: one directory per URI (the query is not part of the name)."""
         where = urlsplit(self.uri(key))._replace(query="").geturl()
-        return self.cache / "storage" / f"{hashlib.sha256(where.encode()).hexdigest()[:16]}-{Path(key).name or 'root'}"
+        return self.cache / "storage" / f"{hashlib.sha256(where.encode()).hexdigest()[:16]}-{Path(where).name}"
 
     def copy_dir(self, source: str, target: str, extra: dict[str, bytes]) -> str:
         """`target` becomes a complete copy of version `source` plus the `extra` files; returns its URI."""

@@ -61,7 +61,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> I
         shutil.copytree(tiny_model_dir, model)
         model_uri = Storage(storage, tmp / "uploader").put_dir(model, "models/tiny")
         envs = {name: node_env(name, scratch, audit, s3) for name in NODES}
-        nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "env_vars": envs["head"]})
+        nodes = Cluster(
+            initialize_head=True, head_node_args={"num_cpus": 2, "env_vars": envs["head"], "include_dashboard": False}
+        )
         try:
             nodes.add_node(num_cpus=2, resources={"node_a": 4}, env_vars=envs["a"])
             nodes.add_node(num_cpus=4, resources={"node_b": 4}, env_vars=envs["b"])
