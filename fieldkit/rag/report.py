@@ -14,9 +14,9 @@ from fieldkit.rag import metrics
 from fieldkit.rag.judging import QuestionResult
 from fieldkit.rag.records import Question
 
-# metric -> (title, scale shown): correctness is the field note's 0-5 grade, the rest are shares
+# metric -> (title, scale shown): correctness is kept as the field note's 0-5 grade, the rest are shares
 METRICS: dict[str, tuple[str, float]] = {
-    "correctness": ("correctness (judge, /5)", 5.0),
+    "correctness": ("correctness (judge, /5)", 1.0),
     "accuracy": ("accuracy (checked)", 1.0),
     "faithfulness": ("faithfulness", 1.0),
     "answer_relevance": ("answer relevance", 1.0),
