@@ -114,16 +114,17 @@ def _chosen_gate(run: TrainingRun) -> int:
 
 def _checkpoint_adapter(run: TrainingRun, step: int) -> AdapterRef:
     """The adapter checkpoint `step` serves (the one the gate of that step scored)."""
-    state = json.loads((run.dir.checkpoint(step) / "state.json").read_text())
+    state = run.store.storage.read_json(f"{run.store.checkpoint(step)}/state.json")
     if state["adapter"] is None:
         raise RuntimeError(f"checkpoint {step} of {run.cfg.run_name} holds no adapter")
     return AdapterRef.model_validate(state["adapter"])
 
 
 def _chosen_adapter(run: TrainingRun) -> AdapterRef:
-    """The run's chosen adapter, from its own copy under runs/<run>/best (never retired)."""
-    ref = AdapterRef.model_validate_json((run.dir.best / REF_FILE).read_text())
-    return ref.model_copy(update={"path": str(run.dir.best.resolve())})
+    """The run's chosen adapter, from its own copy at <run>/best in run storage (never retired)."""
+    storage = run.store.storage
+    ref = AdapterRef.model_validate(storage.read_json(f"{run.store.best}/{REF_FILE}"))
+    return ref.model_copy(update={"path": storage.uri(run.store.best)})
 
 
 def _serve(mesh: Mesh, ref: AdapterRef) -> None:
