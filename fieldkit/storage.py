@@ -208,11 +208,12 @@ class Storage:
                 path.rename(hidden)
                 shutil.rmtree(hidden)
             return
-        self._do(
-            "delete",
-            key,
-            lambda: (self._hide(self._path(key)), self.fs.delete_dir_contents(self._path(key), missing_dir_ok=True)),
-        )
+
+        def remove() -> None:
+            self._hide(self._path(key))
+            self.fs.delete_dir_contents(self._path(key), missing_dir_ok=True)
+
+        self._do("delete", key, remove)
 
     def _hide(self, target: str) -> None:
         from pyarrow.fs import FileType
