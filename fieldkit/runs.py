@@ -124,6 +124,7 @@ class RunStore:
         <run>/checkpoints/<step>/          learner/ (uploaded by the learner), then state.json (by the driver, last)
         <run>/latest.json                  the newest complete checkpoint
         <run>/best/                        the adapter chosen on validation score, with its adapter_ref.json
+        <run>/config.yaml                  the RunConfig the run started with (what `fieldkit serve` serves it on)
     With the default storage (the runs directory) these are the run directory's own paths."""
 
     def __init__(self, storage: Storage, run_name: str) -> None:
@@ -143,6 +144,10 @@ class RunStore:
     @property
     def best(self) -> str:
         return f"{self.run}/best"
+
+    @property
+    def config(self) -> str:
+        return f"{self.run}/config.yaml"
 
     def checkpoints(self) -> list[tuple[int, str]]:
         """Every complete checkpoint (state.json written, which is written last), newest first."""

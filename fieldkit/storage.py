@@ -244,31 +244,38 @@ class Storage:
 
         return self._do("looking up", key, lambda: self.fs.get_file_info(self._path(key)).type != FileType.NotFound)
 
-    def read_json(self, key: str) -> Any:
+    def read_bytes(self, key: str) -> bytes:
+        """One small file, whole (a run's config.yaml, a pointer)."""
         if not self.remote:
             try:
-                return json.loads(Path(self._path(key)).read_text())
-            except (OSError, ValueError) as exc:
-                raise StorageError(f"{self._path(key)}: cannot read JSON ({exc})") from None
+                return Path(self._path(key)).read_bytes()
+            except OSError as exc:
+                raise StorageError(f"{self._path(key)}: cannot read ({exc})") from None
         data = self._do("reading", key, lambda: self._read(self._path(key)))
         if data is None:
             raise StorageError(f"{self.uri(key)}: no such object")
+        return data
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        """One small file, replaced whole (a reader sees the old or the new, never half)."""
+        if not self.remote:
+            path = Path(self._path(key))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.tmp{os.getpid()}-{uuid.uuid4().hex[:8]}")
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+            return
+        self._do("writing", key, lambda: self._write(self._path(key), data))
+
+    def read_json(self, key: str) -> Any:
+        data = self.read_bytes(key)
         try:
             return json.loads(data)
         except ValueError as exc:
             raise StorageError(f"{self.uri(key)}: not JSON ({exc})") from None
 
     def write_json(self, key: str, data: Any) -> None:
-        """One small file, replaced whole (a reader sees the old or the new, never half)."""
-        encoded = (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
-        if not self.remote:
-            path = Path(self._path(key))
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.tmp{os.getpid()}-{uuid.uuid4().hex[:8]}")
-            tmp.write_bytes(encoded)
-            os.replace(tmp, path)
-            return
-        self._do("writing", key, lambda: self._write(self._path(key), encoded))
+        self.write_bytes(key, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
 
     def _read(self, path: str) -> bytes | None:
         from pyarrow.fs import FileType

@@ -110,7 +110,10 @@ class TrainingRun:
             return self._resume() + 1
         if self.dir.latest.exists() or self.store.storage.exists(self.store.latest):
             raise SystemExit(f"{self.dir.root} already holds a run: pass --resume, or choose another run_name")
-        atomic_write_bytes(self.dir.root / "config.yaml", yaml.safe_dump(self.cfg.model_dump(mode="json")).encode())
+        config_yaml = yaml.safe_dump(self.cfg.model_dump(mode="json")).encode()
+        atomic_write_bytes(self.dir.root / "config.yaml", config_yaml)
+        if self.cfg.paths.storage is not None:  # else run storage is the runs directory: the same file
+            self.store.storage.write_bytes(self.store.config, config_yaml)  # what serving the run's adapters reads
         atomic_write_json(self.dir.root / "provenance.json", dataclasses.asdict(self.provenance))
         if self.cfg.sft.warm_start:
             self._warm_start()

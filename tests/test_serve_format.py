@@ -378,11 +378,12 @@ def write_run_adapter(tiny_model_dir: Path, runs: Path, run: str, version: int) 
 
 
 def test_publishing_takes_run_storage_adapters_by_run_and_version(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from fieldkit.storage import Storage
     from services.serve.adapters import RunAdapterError, run_adapter_ref, scrub_paths
     from services.serve.schema import PublishRequest
 
-    runs = tmp_path / "runs"
-    path = write_run_adapter(tiny_model_dir, runs, "grpo-a", 3)
+    runs = Storage(str(tmp_path / "runs"))
+    path = write_run_adapter(tiny_model_dir, tmp_path / "runs", "grpo-a", 3)
     ref = run_adapter_ref(runs, "grpo-a", 3, None)
     assert (ref.name, ref.version, ref.path) == ("grpo-a", 3, str(path.resolve()))
     assert run_adapter_ref(runs, "grpo-a", 3, "agent").name == "agent"
@@ -393,7 +394,7 @@ def test_publishing_takes_run_storage_adapters_by_run_and_version(tmp_path: Path
     with pytest.raises(RunAdapterError, match="versions: 3; no best"):
         run_adapter_ref(runs, "grpo-a", 4, None)
     outside = write_run_adapter(tiny_model_dir, tmp_path / "elsewhere", "grpo-a", 5)
-    (runs / "grpo-a" / "adapters" / "grpo-a-v5").symlink_to(outside)
+    (tmp_path / "runs" / "grpo-a" / "adapters" / "grpo-a-v5").symlink_to(outside)
     with pytest.raises(RunAdapterError, match="no such adapter"):  # a link out of run storage is not storage
         run_adapter_ref(runs, "grpo-a", 5, None)
     for body in (
@@ -419,10 +420,11 @@ def test_an_adapter_from_a_run_is_served_on_that_runs_base(tmp_path: Path) -> No
         {"model": {"name_or_path": "tiny-agent", "engine": "hf", "max_model_len": 1024}, "lora": {"max_lora_rank": 32}}
     )
     (run / "config.yaml").write_text(yaml.safe_dump(trained.model_dump(mode="json")))
-    assert run_config_of(run / "best") == run / "config.yaml" == run_config_of(run / "adapters" / "grpo-a-v2")
+    written = str((run / "config.yaml").resolve())
+    assert run_config_of(run / "best") == written == run_config_of(run / "adapters" / "grpo-a-v2")
     assert run_config_of(tmp_path) is None
     config, source = config_from_runs([AdapterSource(run / "best")], RunConfig())
-    assert source == run / "config.yaml"
+    assert source == written
     assert (config.model.name_or_path, config.model.engine, config.model.max_model_len) == ("tiny-agent", "hf", 1024)
     assert config.lora.max_lora_rank == 32 and config.paths.models_dir == home / "runs" / "models"
     assert config.serve == RunConfig().serve

@@ -14,12 +14,17 @@ from rich.markup import escape
 from fieldkit.cli.config import load_config
 from fieldkit.cli.console import console, err_console
 from fieldkit.config import RunConfig
+from fieldkit.storage import StorageError
 
 
 def serve(
     adapter: Annotated[
-        list[Path] | None,
-        typer.Option("--adapter", help="adapter directory to serve, e.g. runs/<run>/best (repeatable)"),
+        list[str] | None,  # not Path: a URI's // would collapse
+        typer.Option(
+            "--adapter",
+            help="adapter to serve: a directory (runs/<run>/best) or a run-storage URI (s3://bucket/<run>/best); "
+            "repeatable",
+        ),
     ] = None,
     name: Annotated[
         list[str] | None,
@@ -55,7 +60,7 @@ def serve(
                 console.print(f"base model {cfg.model.name_or_path} ({cfg.model.engine}) from {run_config}")
         with console.status("starting Ray Serve and the policy engine"):
             endpoint = start_endpoint(cfg, sources)
-    except (AdapterDirError, ValueError) as exc:
+    except (AdapterDirError, ValueError, StorageError) as exc:
         err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     except EndpointStartError as exc:  # one message and an exit: Serve does not start the replica again

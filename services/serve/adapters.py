@@ -1,9 +1,11 @@
-"""Adapters for the endpoint: the AdapterRef of a directory on disk, and the record of what was published into a
-running application.
+"""Adapters for the endpoint: the AdapterRef of an adapter in a directory or in run storage, and the record of what
+was published into a running application.
 
-A trained adapter directory (e.g. runs/<run>/best) holds the PEFT files and, written beside them by whoever
-published it, `adapter_ref.json`: its AdapterRef with the learner's probe. A directory without one gets a probe
-computed here with transformers from the same files, so the engine's copy is still checked against them.
+A trained adapter (runs/<run>/best, or s3://bucket/prefix/<run>/best in run storage) holds the PEFT files and,
+written beside them by whoever published it, `adapter_ref.json`: its AdapterRef with the learner's probe. One
+without it gets a probe computed here with transformers from the same files, so the engine's copy is still checked
+against them. Whoever builds a ref reads the files from this node (a URI through this node's cache); the ref names
+the location itself, so each replica's policy server fetches it into the cache of its own node.
 
 Publishing into a running application reaches every live replica; the record of published refs lets a replica that
 starts later (autoscaling, a restart after a crash) serve the same versions instead of the ones it was built with.
@@ -13,10 +15,12 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Literal
+from urllib.parse import urlsplit
 
-from fieldkit.runs import RunDir, atomic_write_json
+from fieldkit.runs import RunStore, atomic_write_json
+from fieldkit.storage import MANIFEST, Storage, StorageError, fetch_dir, is_uri
 from fieldkit.training.records import AdapterRef
 
 REF_FILE = "adapter_ref.json"
@@ -28,23 +32,32 @@ class AdapterDirError(ValueError):
     """The directory is not a PEFT LoRA adapter; the message names the path and what is missing."""
 
 
-def default_name(path: Path) -> str:
-    """runs/<run>/best serves as "<run>"; any other directory under its own name (made a valid model id)."""
-    path = path.resolve()
+def location_of(source: str | Path) -> str:
+    """What a ref's path holds for an adapter given as `source`: a URI as it is, a directory made absolute."""
+    return str(source) if is_uri(str(source)) else str(Path(source).resolve())
+
+
+def default_name(location: str | Path) -> str:
+    """<run>/best (a directory or a URI) serves as "<run>"; anything else under its own name (made a valid model
+    id)."""
+    location = location_of(location)
+    path = PurePosixPath(urlsplit(location).path if is_uri(location) else location)
     raw = path.parent.name if path.name == "best" else path.name
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", raw).strip("-._")
     return name or "adapter"
 
 
-def adapter_ref_from_dir(path: Path, name: str | None = None) -> AdapterRef:
-    """The ref to serve the adapter in `path` under `name` (default: from its ref file, else `default_name`)."""
+def adapter_ref_from_dir(path: Path, name: str | None = None, location: str | None = None) -> AdapterRef:
+    """The ref to serve the adapter files in `path` under `name` (default: from its ref file, else `default_name`);
+    `location` is where replicas read it (the URI `path` was fetched from; default `path` itself)."""
+    location = location or location_of(path)
     ref_file = path / REF_FILE
     if ref_file.exists():
         try:
             ref = AdapterRef.model_validate_json(ref_file.read_text())
         except ValueError as exc:
             raise AdapterDirError(f"{ref_file}: not an AdapterRef: {exc}") from None
-        return ref.model_copy(update={"path": str(path.resolve()), "name": name or ref.name})
+        return ref.model_copy(update={"path": location, "name": name or ref.name})
     try:
         config = json.loads((path / CONFIG_FILE).read_text())
         rank = int(config["r"])
@@ -52,11 +65,22 @@ def adapter_ref_from_dir(path: Path, name: str | None = None) -> AdapterRef:
         raise AdapterDirError(f"{path}: no {CONFIG_FILE}; not a PEFT adapter directory") from None
     except (ValueError, KeyError, TypeError) as exc:
         raise AdapterDirError(f"{path / CONFIG_FILE}: no integer rank 'r' ({exc})") from None
-    return AdapterRef(name=name or default_name(path), version=0, path=str(path.resolve()), rank=rank)
+    return AdapterRef(name=name or default_name(location), version=0, path=location, rank=rank)
 
 
-def with_probe(ref: AdapterRef, model_dir: str) -> AdapterRef:
-    """`ref` with a probe: its own, else one scored now (float32, transformers) from the files at `ref.path`."""
+def adapter_ref_at(source: str | Path, name: str | None = None, cache: Path | None = None) -> AdapterRef:
+    """The ref of the adapter at `source`, a directory or a run-storage URI (read through this node's `cache`)."""
+    location = location_of(source)
+    try:
+        local = fetch_dir(location, cache)
+    except StorageError as exc:
+        raise AdapterDirError(str(exc)) from None
+    return adapter_ref_from_dir(local, name, location)
+
+
+def with_probe(ref: AdapterRef, model_dir: str, cache: Path | None = None) -> AdapterRef:
+    """`ref` with a probe: its own, else one scored now (float32, transformers) from the files at `ref.path` (a
+    model or an adapter in storage is fetched into this node's `cache` first)."""
     if ref.probe is not None:
         return ref
     import torch
@@ -65,8 +89,9 @@ def with_probe(ref: AdapterRef, model_dir: str) -> AdapterRef:
 
     from fieldkit.training.probe import build_probe, probe_sequence
 
+    model_dir = str(fetch_dir(model_dir, cache))
     base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    model = PeftModel.from_pretrained(base, ref.path).eval()
+    model = PeftModel.from_pretrained(base, str(fetch_dir(ref.path, cache))).eval()
     with torch.no_grad():
         probe = build_probe(model, *probe_sequence(AutoTokenizer.from_pretrained(model_dir)))
     return ref.model_copy(update={"probe": probe})
@@ -76,33 +101,45 @@ class RunAdapterError(LookupError):
     """A publish request named no adapter of run storage; the message names the run and version sent, no path."""
 
 
-def run_adapter_ref(runs_dir: Path, run: str, version: int | Literal["best"], name: str | None) -> AdapterRef:
+def run_adapter_ref(storage: Storage, run: str, version: int | Literal["best"], name: str | None) -> AdapterRef:
     """The ref of adapter `version` (or the chosen `best`) of `run`, from run storage only, served as `name`
     (default: the run's name). The version's ref comes from its ref file, else the checkpoint that recorded it;
     without either it has no probe (the caller scores one)."""
-    root = (runs_dir / run).resolve()
-    if root.parent != runs_dir.resolve() or not root.is_dir():  # the run name is a single directory name
+    if run in ("", ".", "..") or "/" in run or not storage.exists(run):  # one name in storage, never a path
         raise RunAdapterError(f"no run {run!r} in run storage")
-    label = run_adapter_label(run, version)
-    run_dir = RunDir(root)
-    path = run_adapter_dir(runs_dir, run, version)
-    if not (path / CONFIG_FILE).is_file() or not path.resolve().is_relative_to(root):  # a link out is not storage
-        found = (_VERSION.search(p.name) for p in run_dir.adapters.glob(f"{run}-v*"))
+    store = RunStore(storage, run)
+    key = _adapter_key(store, version)
+    # a version in an object store exists once its manifest does (written last); a directory once it holds the PEFT
+    # files (one copied in by hand has no manifest)
+    marker = MANIFEST if storage.remote else CONFIG_FILE
+    if not storage.exists(f"{key}/{marker}") or not _in_place(storage, key):
+        found = (_VERSION.search(n) for n in storage.children(f"{run}/adapters", marker=marker))
         have = ", ".join(str(v) for v in sorted(int(m.group(1)) for m in found if m)) or "none"
-        best = "best" if (run_dir.best / CONFIG_FILE).is_file() else "no best"
-        raise RunAdapterError(f"{label}: no such adapter (the run has versions: {have}; {best})")
-    if (path / REF_FILE).exists() or version == "best":
-        ref = adapter_ref_from_dir(path)
+        best = "best" if storage.exists(f"{store.best}/{marker}") else "no best"
+        raise RunAdapterError(
+            f"{run_adapter_label(run, version)}: no such adapter (the run has versions: {have}; {best})"
+        )
+    location = storage.uri(key)
+    local = storage.fetch(key)
+    if version == "best" or (local / REF_FILE).exists():
+        ref = adapter_ref_from_dir(local, location=location)
     else:
-        ref = _checkpointed_ref(run_dir, path) or adapter_ref_from_dir(path)
+        ref = _checkpointed_ref(store, key) or adapter_ref_from_dir(local, location=location)
         ref = ref.model_copy(update={"version": version})
-    return ref.model_copy(update={"name": name or default_name(root), "path": str(path.resolve())})
+    return ref.model_copy(update={"name": name or default_name(storage.uri(run)), "path": location})
 
 
-def run_adapter_dir(runs_dir: Path, run: str, version: int | Literal["best"]) -> Path:
-    """Where run storage keeps adapter `version` (or `best`) of `run` (services.train, fieldkit.runs)."""
-    run_dir = RunDir(runs_dir / run)
-    return run_dir.best if version == "best" else run_dir.adapters / f"{run}-v{version}"
+def _adapter_key(store: RunStore, version: int | Literal["best"]) -> str:
+    """Where run storage keeps adapter `version` (or `best`) of the run (services.train, services.learner)."""
+    return store.best if version == "best" else store.adapter(f"{store.run}-v{version}")
+
+
+def _in_place(storage: Storage, key: str) -> bool:
+    """`key` is stored where its name says: a directory linked out of run storage (or to another run) is not."""
+    try:
+        return storage.key_of(storage.uri(key)) == key
+    except StorageError:
+        return False
 
 
 def run_adapter_label(run: str, version: int | Literal["best"]) -> str:
@@ -110,11 +147,27 @@ def run_adapter_label(run: str, version: int | Literal["best"]) -> str:
     return f"run {run!r} {'best' if version == 'best' else f'version {version}'}"
 
 
-def _checkpointed_ref(run_dir: RunDir, path: Path) -> AdapterRef | None:
-    """The ref (with the learner's probe) that a checkpoint recorded for the adapter directory `path`."""
-    for _, checkpoint in run_dir.checkpoints():
-        adapter = json.loads((checkpoint / "state.json").read_text()).get("adapter")
-        if adapter is not None and Path(adapter["path"]).name == path.name:
+def run_storage_labels(storage: Storage, run: str, version: int | Literal["best"]) -> dict[str, str]:
+    """What messages about that adapter say instead of run storage's names for it, for `scrub_paths`: its location
+    (as configured and as resolved), storage's root (and an object store's bucket/prefix), this node's cache."""
+    key = _adapter_key(RunStore(storage, run), version)
+    label = run_adapter_label(run, version)
+    return {
+        storage.uri(key): label,
+        f"{storage.root.rstrip('/')}/{key}": label,
+        storage.uri(""): "run storage",
+        storage.root: "run storage",
+        storage.base: "run storage",
+        str(storage.cache): "the node cache",
+    }
+
+
+def _checkpointed_ref(store: RunStore, key: str) -> AdapterRef | None:
+    """The ref (with the learner's probe) that a checkpoint recorded for the adapter stored at `key`."""
+    name = PurePosixPath(key).name
+    for _, checkpoint in store.checkpoints():
+        adapter = store.storage.read_json(f"{checkpoint}/state.json").get("adapter")
+        if adapter is not None and PurePosixPath(urlsplit(adapter["path"]).path).name == name:
             return AdapterRef.model_validate(adapter)
     return None
 

@@ -39,15 +39,16 @@ from fieldkit.generation import (
     PromptTooLongError,
     UnknownAdapterError,
 )
+from fieldkit.storage import Storage, StorageError, fetch_dir
 from fieldkit.training.records import AdapterRef
 from services.serve import translate
 from services.serve.adapters import (
     AdapterDirError,
     PublishedAdapters,
     RunAdapterError,
-    run_adapter_dir,
     run_adapter_label,
     run_adapter_ref,
+    run_storage_labels,
     scrub_paths,
     with_probe,
 )
@@ -92,6 +93,14 @@ def _newest_per_name(refs: list[AdapterRef]) -> list[AdapterRef]:
     return list(newest.values())
 
 
+def local_model_dir(config: RunConfig) -> str:
+    """The base model's files on this node (a model in storage fetched into its cache): the policy server may run
+    on another node, where its own copy lives."""
+    from fieldkit.training.lora_model import resolve_model_path
+
+    return str(fetch_dir(resolve_model_path(config.model, config.paths.models_dir), config.paths.node_cache))
+
+
 def _load_tokenizer(model_dir: str) -> Any:
     from transformers import AutoTokenizer
 
@@ -128,8 +137,8 @@ class OpenAIServer:
         health = await self._policy.health.remote()
         self._max_model_len = health.max_model_len
         self._engine = health.engine
-        self._model_dir = health.model
-        self._tokenizer = await asyncio.to_thread(_load_tokenizer, health.model)
+        self._model_dir = await asyncio.to_thread(local_model_dir, settings.config)  # for the tokenizer and probes
+        self._tokenizer = await asyncio.to_thread(_load_tokenizer, self._model_dir)
         try:
             for ref in _newest_per_name([*settings.adapters, *self._published.refs()]):
                 await self.load_adapter(ref)
@@ -242,19 +251,23 @@ class OpenAIServer:
         """Publish a run's adapter version (or its best) from run storage; the admin key only. Answers and errors
         name the run and version sent, never a path on this server."""
         check_admin(authorization, self._admin_key)
-        runs_dir = self._config.paths.runs_dir
-        where = run_adapter_dir(runs_dir, body.run, body.version)
         label = run_adapter_label(body.run, body.version)
-        hidden = {str(where.resolve()): label, str(where): label, str(runs_dir.resolve()): "run storage"}
-        try:
-            ref = run_adapter_ref(runs_dir, body.run, body.version, body.name)
+        hidden: dict[str, str] = {}
+        try:  # run storage may be an object store: its calls block, so they run off the event loop
+            storage = await asyncio.to_thread(Storage, self._config.storage_root, self._config.paths.node_cache)
+            hidden = run_storage_labels(storage, body.run, body.version)
+            ref = await asyncio.to_thread(run_adapter_ref, storage, body.run, body.version, body.name)
             if ref.probe is None and self._config.lora.require_probe:
-                ref = await asyncio.to_thread(with_probe, ref, self._model_dir)
+                ref = await asyncio.to_thread(with_probe, ref, self._model_dir, self._config.paths.node_cache)
             loaded = await self.publish(ref)
         except RunAdapterError as exc:
             raise OpenAIError(404, str(exc), param="version", code="adapter_not_found") from None
         except (AdapterRejectedError, AdapterDirError) as exc:
             raise OpenAIError(422, scrub_paths(str(exc), hidden), param="version", code="adapter_rejected") from None
+        except StorageError as exc:  # the object store's own words name buckets and keys: the log has them
+            log.error("publishing %s failed: %s", label, exc)
+            message = f"publishing {label} failed: run storage could not be read"
+            raise OpenAIError(500, message, type_="server_error") from None
         except Exception as exc:
             log.error("publishing %s failed: %s", label, exc)
             message = f"publishing {label} failed: {type(exc).__name__}: {scrub_paths(str(exc), hidden)}"

@@ -2,30 +2,34 @@
 and a training driver publishing its chosen checkpoint.
 
 Building happens where the application is declared (the CLI, `serve run`, the Serve controller for `serve deploy`):
-paths become absolute, the model is resolved (the tiny model is built if needed), each adapter directory becomes
-an AdapterRef with a probe, and the keys are read (services.serve.keys). Replicas receive all of it and resolve
-nothing themselves. An adapter from a training run is served on that run's base model and engine settings (its
-config.yaml) unless a config says otherwise.
+paths become absolute, the model is resolved (the tiny model is built if needed), each adapter (a directory, or a
+URI in run storage read through this node's cache) becomes an AdapterRef with a probe, and the keys are read
+(services.serve.keys). Replicas receive all of it; each fetches what is in storage into its own node's cache. An
+adapter from a training run is served on that run's base model and engine settings (its config.yaml, beside the
+adapters in run storage) unless a config says otherwise.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from fieldkit.config import RunConfig
+from fieldkit.config import RunConfig, yaml_mapping
 from fieldkit.generation import AdapterRejectedError, LoadedAdapter
+from fieldkit.overrides import load_config
+from fieldkit.storage import Storage, is_uri
 from fieldkit.training.records import AdapterRef
-from services.serve.adapters import PublishedAdapters, adapter_ref_from_dir, with_probe
+from services.serve.adapters import PublishedAdapters, adapter_ref_at, location_of, with_probe
 from services.serve.app import DEPLOYMENT, OpenAIServer, ServeSettings
 from services.serve.errors import cause_of
 from services.serve.keys import resolve_keys
 
-RUN_CONFIG = "config.yaml"  # what a training run wrote beside its adapters (fieldkit.runs)
+RUN_CONFIG = "config.yaml"  # what a training run wrote beside its adapters (fieldkit.runs.RunStore.config)
 
 
 class EndpointStartError(RuntimeError):
@@ -34,8 +38,8 @@ class EndpointStartError(RuntimeError):
 
 @dataclass(frozen=True)
 class AdapterSource:
-    path: Path
-    name: str | None = None  # None: the ref file's name, else derived from the directory
+    path: Path | str  # a directory, or a URI in run storage (s3://bucket/prefix/<run>/best)
+    name: str | None = None  # None: the ref file's name, else derived from the location
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,8 @@ def base_model_id(config: RunConfig) -> str:
     if config.serve.base_name:
         return config.serve.base_name
     name = config.model.name_or_path
+    if is_uri(name):  # a model in storage: named by its last part, as a directory is
+        return PurePosixPath(urlsplit(name).path).name
     return Path(name).name if Path(name).exists() else name
 
 
@@ -68,41 +74,62 @@ def absolute_paths(config: RunConfig) -> RunConfig:
     return config.model_copy(update={"paths": config.paths.model_copy(update=paths)})
 
 
-def run_config_of(adapter_dir: Path) -> Path | None:
-    """The config.yaml of the training run an adapter directory belongs to (runs/<run>/best or
-    runs/<run>/adapters/<version>), or None for a directory outside a run."""
-    adapter_dir = adapter_dir.resolve()
-    for run_dir in (adapter_dir.parent, adapter_dir.parent.parent):
-        if (run_dir / RUN_CONFIG).is_file():
-            return run_dir / RUN_CONFIG
+def run_config_of(adapter: Path | str, cache: Path | None = None) -> str | None:
+    """Where the config.yaml of the training run an adapter belongs to is (<run>/best or <run>/adapters/<version>,
+    a directory or in run storage), or None for an adapter outside a run."""
+    location = location_of(adapter)
+    for run in (_parent(location), _parent(_parent(location))):
+        storage = Storage(run, cache)
+        if storage.exists(RUN_CONFIG):
+            return storage.uri(RUN_CONFIG)
     return None
 
 
-def config_from_runs(adapters: Sequence[AdapterSource], base: RunConfig) -> tuple[RunConfig, Path | None]:
-    """`base` with the model, LoRA limits, engine resources and model cache of the run the adapters were trained in
-    (its config.yaml, relative paths anchored at that run's project directory), and that file; `base` unchanged
-    when no adapter comes from a run. Adapters of runs on different base models cannot share one engine."""
-    found = {path for source in adapters if (path := run_config_of(source.path)) is not None}
+def _parent(location: str) -> str:
+    """The directory, or the URI (its query kept), holding `location`."""
+    if not is_uri(location):
+        return str(Path(location).parent)
+    parts = urlsplit(location)
+    return urlunsplit(parts._replace(path=str(PurePosixPath(parts.path).parent)))
+
+
+def _read_run_config(location: str, cache: Path | None) -> RunConfig:
+    text = Storage(_parent(location), cache).read_bytes(RUN_CONFIG).decode()
+    return RunConfig.from_data(yaml_mapping(text, location), location)
+
+
+def config_from_runs(adapters: Sequence[AdapterSource], base: RunConfig) -> tuple[RunConfig, str | None]:
+    """`base` with the model, LoRA limits and engine resources of the run the adapters were trained in (its
+    config.yaml), and where that file is; `base` unchanged when no adapter comes from a run. Adapters of runs on
+    different base models cannot share one engine. A run in a directory brings its model cache (relative paths
+    anchored at that run's project directory); a run in an object store, whose relative paths mean nothing on this
+    node, keeps `base`'s and brings its storage, where POST /v1/adapters finds the run's other versions."""
+    cache = base.paths.node_cache
+    found = {path for source in adapters if (path := run_config_of(source.path, cache)) is not None}
     if not found:
         return base, None
-    runs = {path: RunConfig.from_yaml(path) for path in sorted(found)}
+    runs = {path: _read_run_config(path, cache) for path in sorted(found)}
     models = {(c.model.name_or_path, c.model.engine, c.model.dtype) for c in runs.values()}
     if len(models) > 1:
-        listing = "; ".join(f"{p.parent.name}: {c.model.name_or_path}" for p, c in runs.items())
+        listing = "; ".join(f"{PurePosixPath(_parent(p)).name}: {c.model.name_or_path}" for p, c in runs.items())
         raise ValueError(f"the adapters come from runs on different base models ({listing}); serve them apart")
     path, run = next(iter(runs.items()))
-    runs_dir = path.parent.parent  # runs/<run>/config.yaml
-    relative = Path(run.paths.runs_dir)
-    home = runs_dir
-    if not relative.is_absolute() and runs_dir.parts[-len(relative.parts) :] == relative.parts:
-        home = runs_dir.parents[len(relative.parts) - 1]  # the directory the run resolved its paths against
-    models_dir = run.paths.models_dir if run.paths.models_dir.is_absolute() else home / run.paths.models_dir
+    if is_uri(path):
+        paths: dict[str, Any] = {"storage": base.paths.storage or run.paths.storage}
+    else:
+        runs_dir = Path(path).parent.parent  # runs/<run>/config.yaml
+        relative = Path(run.paths.runs_dir)
+        home = runs_dir
+        if not relative.is_absolute() and runs_dir.parts[-len(relative.parts) :] == relative.parts:
+            home = runs_dir.parents[len(relative.parts) - 1]  # the directory the run resolved its paths against
+        models_dir = run.paths.models_dir
+        paths = {"models_dir": models_dir if models_dir.is_absolute() else home / models_dir}
     config = base.model_copy(
         update={
             "model": run.model,
             "lora": run.lora,
             "resources": run.resources,
-            "paths": base.paths.model_copy(update={"models_dir": models_dir}),
+            "paths": base.paths.model_copy(update=paths),
         }
     )
     return config, path
@@ -113,12 +140,12 @@ def serve_settings(config: RunConfig, adapters: Sequence[AdapterSource] = ()) ->
     from fieldkit.training.lora_model import resolve_model_path
 
     api_key, admin_key = resolve_keys(config.serve, config.serve.host)  # refused here, before anything starts
-    refs = [adapter_ref_from_dir(source.path, source.name) for source in adapters]
+    refs = [adapter_ref_at(source.path, source.name, config.paths.node_cache) for source in adapters]
     config = absolute_paths(config)
     base = base_model_id(config)
     model_dir = resolve_model_path(config.model, config.paths.models_dir)
     if config.lora.require_probe:
-        refs = [with_probe(ref, model_dir) for ref in refs]
+        refs = [with_probe(ref, model_dir, config.paths.node_cache) for ref in refs]
     names = [ref.name for ref in refs]
     clashes = sorted({n for n in names if names.count(n) > 1 or n == base})
     if clashes:
@@ -142,7 +169,7 @@ def build_application(settings: ServeSettings) -> Any:
 
 class AdapterArg(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    path: Path
+    path: str = Field(description="a directory, or a URI in run storage")  # a Path would turn s3:// into s3:/
     name: str | None = None
 
 
@@ -152,12 +179,13 @@ class BuildArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
     config: Path | None = Field(None, description="a RunConfig YAML; None = the defaults")
     adapters: list[AdapterArg] = Field(default_factory=list)
+    overrides: list[str] = Field(default_factory=list, description="KEY=VALUE on the config, as the driver's --set")
 
 
 def build_app(args: dict[str, Any]) -> Any:
     """The application builder `serve run`/`serve deploy` import from deploy/serve.yaml."""
     parsed = BuildArgs.model_validate(args)
-    config = RunConfig.from_yaml(parsed.config) if parsed.config else RunConfig()
+    config = load_config(parsed.config, parsed.overrides)
     return build_application(serve_settings(config, [AdapterSource(a.path, a.name) for a in parsed.adapters]))
 
 
@@ -170,7 +198,9 @@ def start_endpoint(config: RunConfig, adapters: Sequence[AdapterSource] = ()) ->
 
     settings = serve_settings(config, adapters)  # bad adapter directories fail here, before Ray starts
     cluster = connect(config.resources.ray_address)
-    serve.start(http_options={"host": config.serve.host, "port": config.serve.port})
+    # one proxy, on the head: the address this returns is one host's, and on a cluster of several nodes on one
+    # machine (tests/test_multinode.py) a proxy per node would contend for the same port
+    serve.start(proxy_location="HeadOnly", http_options={"host": config.serve.host, "port": config.serve.port})
     try:
         serve.run(build_application(settings), name=config.serve.app_name, route_prefix="/")
     except RuntimeError as exc:  # the replica's start failed; the deployment's status holds its traceback
