@@ -113,12 +113,14 @@ def check_ray_cluster_spec(spec: dict[str, Any]) -> None:
     assert len({c["image"] for c in containers}) == 1 and all(c["workingDir"] == "/app" for c in containers)
 
 
-def check_pod_storage(spec: dict[str, Any], model_path: str) -> None:
+def check_pod_storage(spec: dict[str, Any], model_path: str, head_keeps_runs: bool = True) -> None:
     """Every pod gets what a cluster run needs (pods share no disk): the storage credentials, a node cache, the
-    model under a read-only volume, and every mount backed by a volume of its own pod; the head also keeps runs/."""
+    model under a read-only volume, and every mount backed by a volume of its own pod; a training cluster's head
+    also keeps runs/ (`head_keeps_runs`)."""
     pods = [(spec["headGroupSpec"]["template"]["spec"], True)]
     pods += [(group["template"]["spec"], False) for group in spec["workerGroupSpecs"]]
     for pod, head in pods:
+        head = head and head_keeps_runs
         (container,) = pod["containers"]
         expected_container, expected_volumes = pod_storage(head)
         assert {key: container.get(key) for key in expected_container} == expected_container  # = plan --emit ray's
@@ -168,9 +170,16 @@ def test_the_rayservice_manifest_serves_the_app_on_a_token_auth_cluster() -> Non
     (single_box,) = load(REPO / "deploy" / "serve.yaml")["applications"]
     for key in ("name", "import_path", "route_prefix"):
         assert application[key] == single_box[key], key
-    assert set(application["args"]) <= set(single_box["args"])
-    RunConfig.from_yaml(REPO / application["args"]["config"])
+    from services.serve.launch import BuildArgs
+
+    args = BuildArgs.model_validate(application["args"])  # what build_app reads
+    assert args.config is not None
+    config = load_config(REPO / args.config, args.overrides)  # as build_app reads it
+    storage = config.paths.storage
+    assert storage is not None and "://" in storage  # an object store every pod reaches
+    assert [a.path for a in args.adapters] == [f"{storage}/{config.run_name}/best"]  # the run's best, in storage
     check_ray_cluster_spec(service["spec"]["rayClusterConfig"])
+    check_pod_storage(service["spec"]["rayClusterConfig"], config.model.name_or_path, head_keeps_runs=False)
 
 
 def leaves(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
