@@ -7,6 +7,9 @@ A 3-step run is killed (SIGKILL) after its first checkpoint and resumed: it must
 be served with its probe passed, the checkpoints and adapters must be in the object store, and no process of one
 node may open or list a path under another node's scratch directory (an audit hook loaded into every Python process
 of the cluster records what each one touched there: tests/audit_site/sitecustomize.py).
+
+Then the endpoint serves what the run produced, from storage alone: `<run>/best` by its URI on the run's base model
+(the run's config.yaml, read from the object store), and a version published over POST /v1/adapters.
 """
 
 from __future__ import annotations
@@ -118,6 +121,10 @@ def test_a_run_on_three_nodes_moves_everything_through_storage_and_resumes_after
     # each node read the model and the adapters from its own cache: the policy node downloaded each version
     downloaded = {p.name.split("-", 1)[1] for p in (cluster["scratch"]["b"] / "storage").iterdir()}
     assert {"tiny", "multi-v1", "multi-v2", "multi-v3"} <= downloaded, downloaded
+    assert_each_node_kept_to_its_own_scratch(cluster)
+
+
+def assert_each_node_kept_to_its_own_scratch(cluster: dict) -> None:
     touched: dict[str, set[str]] = {name: set() for name in NODES}
     for log in cluster["audit"].glob("*.log"):
         node = log.name.split("-", 1)[0]
@@ -128,3 +135,65 @@ def test_a_run_on_three_nodes_moves_everything_through_storage_and_resumes_after
             p for p in paths for other in NODES if other != node and p.startswith(str(cluster["scratch"][other]))
         ]
         assert not foreign, f"node {node} touched another node's scratch directory: {sorted(foreign)[:5]}"
+
+
+def test_the_endpoint_serves_the_runs_best_and_publishes_a_version_from_storage(cluster) -> None:
+    """`fieldkit serve --adapter s3://.../multi/best` on the cluster the run used (after the test above)."""
+    import httpx
+    import openai
+    import ray
+    from conftest import free_port
+    from ray import serve
+
+    from fieldkit.config import RunConfig
+    from services.serve import AdapterSource, start_endpoint
+    from services.serve.app import POLICY_ACTOR_PREFIX
+    from services.serve.launch import config_from_runs
+
+    best = f"{cluster['storage']}/multi/best"
+    tmp = cluster["tmp"]
+    admin = "admin-key-5b1d"
+    base = RunConfig.model_validate(
+        {"paths": {"runs_dir": str(tmp / "serve-runs"), "node_cache": str(tmp / "launcher-cache")},
+         "serve": {"port": free_port(), "admin_key": admin, "app_name": "multi-serve"}}
+    )  # fmt: skip
+    config, source = config_from_runs([AdapterSource(best)], base)  # what `fieldkit serve --adapter` does
+    assert source == f"{cluster['storage']}/multi/config.yaml"  # the driver wrote it to the object store
+    assert config.model.name_or_path == cluster["model"] and config.paths.storage == cluster["storage"]
+    assert config.resources.placement["policy"] == {"node_b": 1}  # the policy server on node B, as in training
+    # the hf engine starts in seconds; a second vLLM CPU engine would cost a minute of this suite
+    config = config.model_copy(update={"model": config.model.model_copy(update={"engine": "hf"})})
+    # best's adapter_ref.json names it as the learner did (<run>-v<N>); that name is the served one, read through the
+    # launcher's cache (never the cache directory's name)
+    served = Storage(cluster["storage"], tmp / "reader").read_json("multi/best/adapter_ref.json")["name"]
+    try:
+        endpoint = start_endpoint(config, [AdapterSource(best)])
+        assert endpoint.models == ["tiny", served] and served.startswith("multi-v")  # the model by its last part
+        client = openai.OpenAI(base_url=endpoint.base_url, api_key="unused", max_retries=0, timeout=120)
+        reply = client.chat.completions.create(model=served, messages=[{"role": "user", "content": "ls"}], max_tokens=4)
+        assert reply.model == served and reply.usage.completion_tokens >= 1
+        named = ray.util.list_named_actors(all_namespaces=True)
+        (found,) = [a for a in named if a["name"].startswith(POLICY_ACTOR_PREFIX + "multi-serve")]
+        loaded = ray.get(ray.get_actor(found["name"], namespace=found["namespace"]).adapters.remote())
+        assert [(a.name, a.probe is not None and a.probe.passed) for a in loaded] == [(served, True)]
+
+        def publish(body: dict) -> httpx.Response:
+            headers = {"Authorization": f"Bearer {admin}"}
+            return httpx.post(f"{endpoint.base_url}/adapters", json=body, headers=headers, timeout=120)
+
+        published = publish({"run": "multi", "version": 2})  # served under the run's name
+        assert published.status_code == 200, published.text
+        (version,) = published.json()["data"]
+        assert (version["name"], version["version"], version["probe"]["passed"]) == ("multi", 2, True)
+        assert client.chat.completions.create(model="multi", messages=[{"role": "user", "content": "ls"}],
+                                              max_tokens=2).model == "multi"  # fmt: skip
+        missing = publish({"run": "multi", "version": 9})
+        says = missing.json()["error"]["message"]  # the versions retention kept: 1-3, and 0 when it was the best
+        assert missing.status_code == 404 and "run 'multi' version 9" in says and "1, 2, 3; best" in says, says
+        for response in (published, missing):  # neither the bucket nor a node's cache in an answer
+            assert "s3://" not in response.text and "fieldkit-test" not in response.text
+            assert str(tmp) not in response.text
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    assert_each_node_kept_to_its_own_scratch(cluster)  # the replica read the model from its own node's cache
