@@ -4,6 +4,9 @@ health checks, and recovery from a sandbox killed from outside in the middle of 
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -147,23 +150,29 @@ def test_pools_per_node_are_found_from_a_task(ray_cluster: None) -> None:
         ray.kill(actor)
 
 
-def test_a_node_without_isolation_refuses_to_start_its_pool(ray_cluster: None, tmp_path: Path) -> None:
-    """`auto` never falls back to `local`: a node with neither Docker nor bubblewrap stops the run, named."""
-    from sandbox import SandboxError
-    from services.sandbox_pool import start_pools
-
+def test_a_node_without_isolation_refuses_to_start_its_pool(tmp_path: Path) -> None:
+    """`auto` never falls back to `local`: a node with neither Docker nor bubblewrap stops the run, named. The node is
+    a Ray cluster of its own, started in a process whose PATH lacks bwrap and whose DOCKER_HOST answers nothing."""
     no_bwrap = tmp_path / "bin"  # this machine's PATH as a node without bubblewrap installed
     no_bwrap.mkdir()
     for directory in dict.fromkeys(os.environ["PATH"].split(os.pathsep)):
         for tool in Path(directory).glob("*") if Path(directory).is_dir() else []:
             if tool.name != "bwrap" and not (no_bwrap / tool.name).exists():
                 (no_bwrap / tool.name).symlink_to(tool)
-    env = {"PATH": str(no_bwrap), "DOCKER_HOST": "unix:///nonexistent/docker.sock"}  # and no Docker engine
-    ray.shutdown()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
-    try:
-        with pytest.raises(SandboxError, match=r"no isolating sandbox backend on .*sandbox\.backend: local"):
-            start_pools(SandboxConfig(backend="auto", pool_size=1))
-    finally:
-        ray.shutdown()
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    node = """
+import ray
+from fieldkit.config import SandboxConfig
+from sandbox import SandboxError
+from services.sandbox_pool import start_pools
+ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
+try:
+    start_pools(SandboxConfig(backend="auto", pool_size=1))
+except SandboxError as exc:
+    print("refused:", exc)
+"""
+    env = {**os.environ, "PATH": str(no_bwrap), "DOCKER_HOST": "unix:///nonexistent/docker.sock"}
+    run = subprocess.run([sys.executable, "-c", node], env=env, capture_output=True, text=True, timeout=180)
+    assert run.returncode == 0, run.stderr[-2000:]
+    refusal = f"refused: no isolating sandbox backend on {socket.gethostname()} "
+    assert refusal in run.stdout and "bubblewrap is not installed" in run.stdout, run.stdout
+    assert "sandbox.backend: local" in run.stdout and "Traceback" not in run.stdout
