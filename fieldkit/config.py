@@ -495,6 +495,10 @@ def yaml_mapping(text: str, source: str = "<config>") -> dict[str, Any]:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(source, [f"top level must be a mapping of sections, got {type(data).__name__}"])
+    odd = [key for key in data if not isinstance(key, str)]
+    if odd:  # `yes:` or `1:` unquoted: YAML reads a bool or a number, which no section is named
+        keys = ", ".join(f"{key!r} ({type(key).__name__})" for key in odd)
+        raise ConfigError(source, [f"top level must be a mapping of sections named by strings; got the keys {keys}"])
     return data
 
 
