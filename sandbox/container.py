@@ -218,8 +218,13 @@ def reap_stale_containers() -> int:
     for summary in client.api.containers(all=True, filters={"label": LABEL}):  # one call: no per-container lookups
         owner = (summary.get("Labels") or {}).get(OWNER_LABEL, "")
         if not owner or process_identity(int(owner.split()[0])) != owner:
-            with contextlib.suppress(docker.errors.NotFound):  # its owner's close() got there first
+            try:
                 client.api.remove_container(summary["Id"], force=True)
                 reaped += 1
+            except docker.errors.NotFound:
+                pass  # its owner's close() got there first
+            except docker.errors.APIError as exc:
+                if exc.status_code != 409:  # 409: another pool's reaper is removing it (nodes sharing one engine)
+                    raise
     client.close()
     return reaped
