@@ -87,7 +87,7 @@ def test_a_run_on_three_nodes_moves_everything_through_storage_and_resumes_after
     tmp = cluster["tmp"]
     config = write_run_config(
         tmp, "multi", max_steps=3,
-        model={"name_or_path": cluster["model"]},
+        model={"name_or_path": cluster["model"], "engine": "hf"},  # starts in seconds: storage is under test here
         paths={"storage": cluster["storage"]},
         resources={"ray_address": cluster["address"],
                    "placement": {"learner": {"node_a": 1}, "policy": {"node_b": 1}, "rollout": {"node_b": 1}}},
@@ -161,8 +161,7 @@ def test_the_endpoint_serves_the_runs_best_and_publishes_a_version_from_storage(
     assert source == f"{cluster['storage']}/multi/config.yaml"  # the driver wrote it to the object store
     assert config.model.name_or_path == cluster["model"] and config.paths.storage == cluster["storage"]
     assert config.resources.placement["policy"] == {"node_b": 1}  # the policy server on node B, as in training
-    # the hf engine starts in seconds; a second vLLM CPU engine would cost a minute of this suite
-    config = config.model_copy(update={"model": config.model.model_copy(update={"engine": "hf"})})
+    assert config.model.engine == "hf"  # the run's engine, as everything else of its model
     # best's adapter_ref.json names it as the learner did (<run>-v<N>); that name is the served one, read through the
     # launcher's cache (never the cache directory's name)
     served = Storage(cluster["storage"], tmp / "reader").read_json("multi/best/adapter_ref.json")["name"]
