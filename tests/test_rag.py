@@ -117,3 +117,15 @@ def test_rag_eval_end_to_end_on_ray_with_a_real_judge(tmp_path: Path) -> None:
     assert "agreement" in (out / "report.md").read_text()
     [trial] = LineageStore(tmp_path / "lineage.db").trials("rag-test")
     assert trial.kind == "eval" and trial.metrics["rag.failed"] == 1 and trial.artifacts["questions"]
+
+
+@pytest.mark.parametrize("name", ["qa-smollm2.yaml", "rag-smollm2.yaml"])
+def test_the_shipped_rag_and_qa_configs_load(name: str) -> None:
+    from fieldkit.rag.config import QaConfig, RagConfig, load_with_section
+
+    path = Path(__file__).resolve().parent.parent / "deploy" / "configs" / "rag" / name
+    section, kind = ("qa", QaConfig) if name.startswith("qa") else ("rag", RagConfig)
+    config, parsed = load_with_section(path, section, kind, {})
+    assert config.model.name_or_path == "smollm2-135m" and config.run_name == name.removesuffix(".yaml")
+    if isinstance(parsed, RagConfig):  # the adapter variants read what the shipped SFT config writes
+        assert parsed.adapter == Path("runs/qa-smollm2/sft/adapter")
