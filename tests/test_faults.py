@@ -127,7 +127,11 @@ def faulted(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> I
             run.injector = Injector(mesh, run.dir, before)
             message = run.run(run.start(resume=False))
             after = {name: pid_of(actor) for name, actor in actors(mesh).items()}
-            stats = ray.get(next(iter(mesh.pools.values())).stats.remote())
+            pool = next(iter(mesh.pools.values()))
+            # the sandbox may die just after its short episode gave it back: idle, it is found by the health check
+            # the pool runs every 30 s, run here now (a leased one is replaced at release)
+            ray.get(pool.check_health.remote())
+            stats = ray.get(pool.stats.remote())
             served = ray.get(mesh.policy.adapters.remote())
         finally:
             mesh.shutdown()
