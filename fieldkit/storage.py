@@ -120,12 +120,12 @@ class Storage:
         manifest = {"files": {f: _digest(source / f) for f in files}}
         (source / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         if not self.remote:
-            _replace_dir(source, Path(self._path(key)))
+            replace_dir(source, Path(self._path(key)))
             return self.uri(key)
         self._do("upload", key, lambda: self._upload(source, self._path(key), files))
         cached = self._cached(key)  # the writer keeps its copy: its own next fetch of this upload is free
         cached.parent.mkdir(parents=True, exist_ok=True)
-        _replace_dir(source, cached)
+        replace_dir(source, cached)
         return self.uri(key)
 
     def _upload(self, source: Path, target: str, files: list[str]) -> None:
@@ -153,7 +153,7 @@ class Storage:
         try:
             self._do("download", key, lambda: self._download(self._path(key), json.loads(manifest), staging))
             (staging / MANIFEST).write_bytes(manifest)
-            _replace_dir(staging, cached)
+            replace_dir(staging, cached)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return cached
@@ -300,7 +300,7 @@ def _digest(path: Path) -> dict[str, Any]:
     return {"size": path.stat().st_size, "sha256": digest.hexdigest()}
 
 
-def _replace_dir(source: Path, target: Path) -> None:
+def replace_dir(source: Path, target: Path) -> None:
     """Move `source` to `target`, replacing an older `target` whole (a rename on one filesystem, else a copy
     beside it first)."""
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -65,21 +65,18 @@ def write_directory(target: Path, fill: Callable[[Path], None]) -> None:
     """Fill a staging directory beside `target`, then move it into place (replacing an older one): a crash leaves
     either the old directory or the new one, never a half-written one under the target name."""
     from fieldkit.runs import ensure_free_space
+    from fieldkit.storage import replace_dir
 
     target.parent.mkdir(parents=True, exist_ok=True)
     ensure_free_space(target.parent)
     staging = target.with_name(f".{target.name}.tmp{os.getpid()}")
-    retired = target.with_name(f".{target.name}.old{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     try:
         staging.mkdir()
         fill(staging)
-        if target.exists():
-            target.rename(retired)
-        staging.rename(target)
+        replace_dir(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-        shutil.rmtree(retired, ignore_errors=True)
 
 
 def write_adapter_files(model: Any, directory: Path) -> None:
