@@ -1,7 +1,8 @@
 """What the OpenAI-compatible endpoint costs on top of the engine: the same chat requests sent through the official
 `openai` client to the Serve application, and straight to the replica's PolicyServer actor (the baseline, measured
 in the same run on the same engine). One request at a time, then 50 at once (plain and streamed), and one streamed
-64-token reply: how many chunks it arrives in and when the first comes.
+64-token reply: how many chunks it arrives in and when the first comes. 50 streams are compared with 50 whole
+replies from the actor, and with 50 streams read from the actor as a replica reads them (the endpoint's own cost).
 
 Streamed replies are relayed as the engine samples them, so time to first token is far below the whole reply's.
 """
@@ -49,6 +50,24 @@ async def _direct(policy: Any, i: int) -> float:
     return time.perf_counter() - started
 
 
+async def _direct_stream(mux: Any, i: int, window_s: float) -> tuple[float, float, int]:
+    """(first token s, total s, tokens) of one streamed reply read straight from the actor, the way a replica
+    reads it (one StreamMux), without HTTP."""
+    from fieldkit.generation import ChatMessage, GenerateRequest
+
+    messages = [ChatMessage.model_validate(m) for m in _messages(i)]
+    request = GenerateRequest(messages=messages, max_tokens=MAX_TOKENS, temperature=0.0, seed=i)
+    started = time.perf_counter()
+    (stream,) = await mux.open([request], window_s)
+    first, tokens = None, 0
+    async for piece in stream.pieces():
+        if first is None and piece.token_ids:
+            first = time.perf_counter() - started
+        tokens += len(piece.token_ids)
+    total = time.perf_counter() - started
+    return first or total, total, tokens
+
+
 async def _endpoint(client: Any, i: int, stream: bool) -> tuple[float, float, int]:
     """(first token s, total s, completion tokens) of one chat request through the endpoint."""
     started = time.perf_counter()
@@ -81,8 +100,10 @@ async def _long_stream(client: Any) -> tuple[int, float, float, int]:
     return len(arrivals), arrivals[0], time.perf_counter() - started, tokens
 
 
-async def _measure(policy: Any, base_url: str) -> dict[str, float]:
+async def _measure(policy: Any, base_url: str, window_s: float) -> dict[str, float]:
     import openai
+
+    from services.serve.stream import StreamMux
 
     client = openai.AsyncOpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=600)
     await _endpoint(client, -1, stream=False)  # warm the HTTP path
@@ -94,12 +115,20 @@ async def _measure(policy: Any, base_url: str) -> dict[str, float]:
     plain = [total for _, total, _ in await asyncio.gather(*(_endpoint(client, i, False) for i in range(CONCURRENT)))]
     await _long_stream(client)  # warm
     chunks, first_s, long_s, long_tokens = await _long_stream(client)
+    mux = StreamMux(policy)
+    await asyncio.gather(*(_direct_stream(mux, i, window_s) for i in range(CONCURRENT)))  # warm
+    started = time.perf_counter()
+    direct_streams = await asyncio.gather(*(_direct_stream(mux, i, window_s) for i in range(CONCURRENT)))
+    direct_stream_wall = time.perf_counter() - started
     started = time.perf_counter()
     burst = await asyncio.gather(*(_endpoint(client, i, stream=True) for i in range(CONCURRENT)))
     endpoint_wall = time.perf_counter() - started
     totals = [total for _, total, _ in burst]
     firsts = [first for first, _, _ in burst]
     tokens = sum(n for _, _, n in burst)
+    direct_totals = [total for _, total, _ in direct_streams]
+    direct_firsts = [first for first, _, _ in direct_streams]
+    direct_tokens = sum(n for _, _, n in direct_streams)
     return {
         "direct_seq_p50_s": statistics.median(direct_seq),
         "endpoint_seq_p50_s": statistics.median(endpoint_seq),
@@ -117,6 +146,12 @@ async def _measure(policy: Any, base_url: str) -> dict[str, float]:
         "stream_50_p99_ratio": _p(totals, 0.99) / _p(list(direct_burst), 0.99),
         "stream_50_tokens_per_s": tokens / endpoint_wall,
         "stream_50_throughput_ratio": direct_wall / endpoint_wall,
+        "direct_stream_50_p50_s": statistics.median(direct_totals),
+        "direct_stream_50_p99_s": _p(direct_totals, 0.99),
+        "direct_stream_50_first_token_p50_s": statistics.median(direct_firsts),
+        "direct_stream_50_first_token_p99_s": _p(direct_firsts, 0.99),
+        "direct_stream_50_tokens_per_s": direct_tokens / direct_stream_wall,
+        "stream_50_vs_direct_streams": (tokens / endpoint_wall) / (direct_tokens / direct_stream_wall),
         "stream_50_errors": 0.0,  # gather raises on the first error: reaching here means none
         "stream_64_chunks": float(chunks),
         "stream_64_tokens": float(long_tokens),
@@ -152,7 +187,7 @@ def main(engine: str = "vllm") -> dict[str, float]:
             named = ray.util.list_named_actors(all_namespaces=True)
             (found,) = [a for a in named if a["name"].startswith(POLICY_ACTOR_PREFIX)]
             policy = ray.get_actor(found["name"], namespace=found["namespace"])
-            figures = asyncio.run(_measure(policy, endpoint.base_url))
+            figures = asyncio.run(_measure(policy, endpoint.base_url, config.serve.stream_window_s))
         finally:
             serve.shutdown()
             ray.shutdown()
@@ -166,6 +201,10 @@ def main(engine: str = "vllm") -> dict[str, float]:
         (f"{CONCURRENT} streams, endpoint p99", figures["stream_50_p99_s"], figures["stream_50_p99_ratio"], "dir. p99"),
         (f"{CONCURRENT} streams, first token p50", figures["stream_50_first_token_p50_s"], None, ""),
         (f"{CONCURRENT} streams, first token p99", figures["stream_50_first_token_p99_s"], None, ""),
+        (f"{CONCURRENT} streams direct, p50", figures["direct_stream_50_p50_s"], None, ""),
+        (f"{CONCURRENT} streams direct, p99", figures["direct_stream_50_p99_s"], None, ""),
+        (f"{CONCURRENT} streams direct, first token p50", figures["direct_stream_50_first_token_p50_s"], None, ""),
+        (f"{CONCURRENT} streams direct, first token p99", figures["direct_stream_50_first_token_p99_s"], None, ""),
     ]
     print(f"serve latency, {engine} engine, tiny model, {MAX_TOKENS} tokens per reply (endpoint start {start_s:.0f} s)")
     print(f"{'measure':<36}{'s':>9}{'ratio':>8}  baseline")
@@ -173,7 +212,9 @@ def main(engine: str = "vllm") -> dict[str, float]:
         print(f"{name:<36}{seconds:>9.3f}{'' if ratio is None else f'{ratio:.2f}':>8}  {baseline}")
     print(
         f"{CONCURRENT} streams: {figures['stream_50_tokens_per_s']:.0f} tokens/s through the endpoint, "
-        f"{figures['stream_50_throughput_ratio']:.2f}x the direct burst's rate"
+        f"{figures['stream_50_throughput_ratio']:.2f}x the direct burst's rate (whole replies), "
+        f"{figures['stream_50_vs_direct_streams']:.2f}x the direct streams' "
+        f"({figures['direct_stream_50_tokens_per_s']:.0f} tokens/s)"
     )
     print(
         f"one streamed {figures['stream_64_tokens']:.0f}-token reply: {figures['stream_64_chunks']:.0f} chunks, "

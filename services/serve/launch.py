@@ -30,6 +30,17 @@ from services.serve.errors import cause_of
 from services.serve.keys import resolve_keys
 
 RUN_CONFIG = "config.yaml"  # what a training run wrote beside its adapters (fieldkit.runs.RunStore.config)
+# Ray Serve's high-throughput mode (Ray docs: "Enable High Throughput on Ray Serve"): HAProxy (C) listens on
+# serve.port in place of Serve's Python proxy and forwards each request to its replica's own HTTP server, and a
+# replica runs its code on its main event loop; bench/serve_latency measures what it saves. Given to the Serve
+# controller, whose proxies and replicas inherit it; Serve reads it once, when the controller starts.
+SERVE_ENV = {
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+    # a stopping replica keeps answering this long, for load balancers to stop sending to it: 30 s by default, for
+    # a cloud load balancer; Serve's own HAProxy hears of it at once
+    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
+}
 
 
 class EndpointStartError(RuntimeError):
@@ -200,7 +211,11 @@ def start_endpoint(config: RunConfig, adapters: Sequence[AdapterSource] = ()) ->
     cluster = connect(config.resources.ray_address)
     # one proxy, on the head: the address this returns is one host's, and on a cluster of several nodes on one
     # machine (tests/test_multinode.py) a proxy per node would contend for the same port
-    serve.start(proxy_location="HeadOnly", http_options={"host": config.serve.host, "port": config.serve.port})
+    serve.start(
+        proxy_location="HeadOnly",
+        http_options={"host": config.serve.host, "port": config.serve.port},
+        controller_options={"runtime_env": {"env_vars": SERVE_ENV}},
+    )
     try:
         serve.run(build_application(settings), name=config.serve.app_name, route_prefix="/")
     except RuntimeError as exc:  # the replica's start failed; the deployment's status holds its traceback
