@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-SEQUENTIAL = 10
+SEQUENTIAL = 20
 CONCURRENT = 50
+ROUNDS = 5
 MAX_TOKENS = 16
 LONG_TOKENS = 64
 
@@ -40,14 +41,16 @@ def _messages(i: int) -> list[dict[str, str]]:
     return [{"role": "user", "content": f"Task {i}: list the files in the workspace."}]
 
 
-async def _direct(policy: Any, i: int) -> float:
+async def _direct(policy: Any, i: int) -> tuple[float, float, int]:
+    """(total s, total s, completion tokens) of one chat request straight to the actor."""
     from fieldkit.generation import ChatMessage, GenerateRequest
 
     messages = [ChatMessage.model_validate(m) for m in _messages(i)]
     request = GenerateRequest(messages=messages, max_tokens=MAX_TOKENS, temperature=0.0, seed=i)
     started = time.perf_counter()
-    await policy.generate.remote(request)
-    return time.perf_counter() - started
+    result = await policy.generate.remote(request)
+    total = time.perf_counter() - started
+    return total, total, len(result.token_ids)
 
 
 async def _direct_stream(mux: Any, i: int, window_s: float) -> tuple[float, float, int]:
@@ -100,58 +103,83 @@ async def _long_stream(client: Any) -> tuple[int, float, float, int]:
     return len(arrivals), arrivals[0], time.perf_counter() - started, tokens
 
 
+async def _timed(burst: Any) -> tuple[list[tuple[float, float, int]], float]:
+    """The per-request (first token s, total s, tokens) of one burst, and its wall time."""
+    started = time.perf_counter()
+    results = await burst
+    return list(results), time.perf_counter() - started
+
+
 async def _measure(policy: Any, base_url: str, window_s: float) -> dict[str, float]:
+    """Each kind of burst ROUNDS times, interleaved with its baseline so that both see the same machine; latencies
+    are pooled over the rounds, throughput is tokens over summed wall time."""
     import openai
 
     from services.serve.stream import StreamMux
 
-    client = openai.AsyncOpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=600)
-    await _endpoint(client, -1, stream=False)  # warm the HTTP path
-    direct_seq = [await _direct(policy, i) for i in range(SEQUENTIAL)]
-    endpoint_seq = [(await _endpoint(client, i, stream=False))[1] for i in range(SEQUENTIAL)]
-    started = time.perf_counter()
-    direct_burst = await asyncio.gather(*(_direct(policy, i) for i in range(CONCURRENT)))
-    direct_wall = time.perf_counter() - started
-    plain = [total for _, total, _ in await asyncio.gather(*(_endpoint(client, i, False) for i in range(CONCURRENT)))]
-    await _long_stream(client)  # warm
-    chunks, first_s, long_s, long_tokens = await _long_stream(client)
+    # the SDK's aiohttp transport: what a client sending many requests at once would pick, and its CPU shares these
+    # cores with the endpoint
+    client = openai.AsyncOpenAI(
+        base_url=base_url, api_key="unused", max_retries=0, timeout=600, http_client=openai.DefaultAioHttpClient()
+    )
     mux = StreamMux(policy)
-    await asyncio.gather(*(_direct_stream(mux, i, window_s) for i in range(CONCURRENT)))  # warm
-    started = time.perf_counter()
-    direct_streams = await asyncio.gather(*(_direct_stream(mux, i, window_s) for i in range(CONCURRENT)))
-    direct_stream_wall = time.perf_counter() - started
-    started = time.perf_counter()
-    burst = await asyncio.gather(*(_endpoint(client, i, stream=True) for i in range(CONCURRENT)))
-    endpoint_wall = time.perf_counter() - started
-    totals = [total for _, total, _ in burst]
-    firsts = [first for first, _, _ in burst]
-    tokens = sum(n for _, _, n in burst)
-    direct_totals = [total for _, total, _ in direct_streams]
-    direct_firsts = [first for first, _, _ in direct_streams]
-    direct_tokens = sum(n for _, _, n in direct_streams)
+    kinds = {
+        "direct": lambda: asyncio.gather(*(_direct(policy, i) for i in range(CONCURRENT))),
+        "plain": lambda: asyncio.gather(*(_endpoint(client, i, False) for i in range(CONCURRENT))),
+        "direct_stream": lambda: asyncio.gather(*(_direct_stream(mux, i, window_s) for i in range(CONCURRENT))),
+        "stream": lambda: asyncio.gather(*(_endpoint(client, i, True) for i in range(CONCURRENT))),
+    }
+    try:
+        for burst in kinds.values():  # warm every path
+            await burst()
+        direct_seq, endpoint_seq = [], []
+        for i in range(SEQUENTIAL):
+            direct_seq.append((await _direct(policy, i))[1])
+            endpoint_seq.append((await _endpoint(client, i, stream=False))[1])
+        runs: dict[str, list[tuple[float, float, int]]] = {kind: [] for kind in kinds}
+        walls = dict.fromkeys(kinds, 0.0)
+        for _ in range(ROUNDS):
+            for kind, burst in kinds.items():
+                results, wall = await _timed(burst())
+                runs[kind] += results
+                walls[kind] += wall
+        await _long_stream(client)  # warm
+        chunks, first_s, long_s, long_tokens = await _long_stream(client)
+    finally:
+        await client.close()
+
+    def totals(kind: str) -> list[float]:
+        return [total for _, total, _ in runs[kind]]
+
+    def firsts(kind: str) -> list[float]:
+        return [first for first, _, _ in runs[kind]]
+
+    def rate(kind: str) -> float:
+        return sum(n for _, _, n in runs[kind]) / walls[kind]
+
     return {
         "direct_seq_p50_s": statistics.median(direct_seq),
         "endpoint_seq_p50_s": statistics.median(endpoint_seq),
         "seq_overhead_ratio": statistics.median(endpoint_seq) / statistics.median(direct_seq),
-        "direct_50_p50_s": statistics.median(direct_burst),
-        "direct_50_p99_s": _p(list(direct_burst), 0.99),
-        "plain_50_p50_s": statistics.median(plain),
-        "plain_50_p50_ratio": statistics.median(plain) / statistics.median(direct_burst),
-        "plain_50_p99_s": _p(plain, 0.99),
-        "stream_50_p50_s": statistics.median(totals),
-        "stream_50_p99_s": _p(totals, 0.99),
-        "stream_50_first_token_p50_s": statistics.median(firsts),
-        "stream_50_first_token_p99_s": _p(firsts, 0.99),
-        "stream_50_p50_ratio": statistics.median(totals) / statistics.median(direct_burst),
-        "stream_50_p99_ratio": _p(totals, 0.99) / _p(list(direct_burst), 0.99),
-        "stream_50_tokens_per_s": tokens / endpoint_wall,
-        "stream_50_throughput_ratio": direct_wall / endpoint_wall,
-        "direct_stream_50_p50_s": statistics.median(direct_totals),
-        "direct_stream_50_p99_s": _p(direct_totals, 0.99),
-        "direct_stream_50_first_token_p50_s": statistics.median(direct_firsts),
-        "direct_stream_50_first_token_p99_s": _p(direct_firsts, 0.99),
-        "direct_stream_50_tokens_per_s": direct_tokens / direct_stream_wall,
-        "stream_50_vs_direct_streams": (tokens / endpoint_wall) / (direct_tokens / direct_stream_wall),
+        "direct_50_p50_s": statistics.median(totals("direct")),
+        "direct_50_p99_s": _p(totals("direct"), 0.99),
+        "plain_50_p50_s": statistics.median(totals("plain")),
+        "plain_50_p50_ratio": statistics.median(totals("plain")) / statistics.median(totals("direct")),
+        "plain_50_p99_s": _p(totals("plain"), 0.99),
+        "stream_50_p50_s": statistics.median(totals("stream")),
+        "stream_50_p99_s": _p(totals("stream"), 0.99),
+        "stream_50_first_token_p50_s": statistics.median(firsts("stream")),
+        "stream_50_first_token_p99_s": _p(firsts("stream"), 0.99),
+        "stream_50_p50_ratio": statistics.median(totals("stream")) / statistics.median(totals("direct")),
+        "stream_50_p99_ratio": _p(totals("stream"), 0.99) / _p(totals("direct"), 0.99),
+        "stream_50_tokens_per_s": rate("stream"),
+        "stream_50_throughput_ratio": rate("stream") / rate("direct"),
+        "direct_stream_50_p50_s": statistics.median(totals("direct_stream")),
+        "direct_stream_50_p99_s": _p(totals("direct_stream"), 0.99),
+        "direct_stream_50_first_token_p50_s": statistics.median(firsts("direct_stream")),
+        "direct_stream_50_first_token_p99_s": _p(firsts("direct_stream"), 0.99),
+        "direct_stream_50_tokens_per_s": rate("direct_stream"),
+        "stream_50_vs_direct_streams": rate("stream") / rate("direct_stream"),
         "stream_50_errors": 0.0,  # gather raises on the first error: reaching here means none
         "stream_64_chunks": float(chunks),
         "stream_64_tokens": float(long_tokens),
@@ -206,7 +234,10 @@ def main(engine: str = "vllm") -> dict[str, float]:
         (f"{CONCURRENT} streams direct, first token p50", figures["direct_stream_50_first_token_p50_s"], None, ""),
         (f"{CONCURRENT} streams direct, first token p99", figures["direct_stream_50_first_token_p99_s"], None, ""),
     ]
-    print(f"serve latency, {engine} engine, tiny model, {MAX_TOKENS} tokens per reply (endpoint start {start_s:.0f} s)")
+    print(
+        f"serve latency, {engine} engine, tiny model, {MAX_TOKENS} tokens per reply, bursts of {CONCURRENT} x {ROUNDS} "
+        f"rounds (endpoint start {start_s:.0f} s)"
+    )
     print(f"{'measure':<36}{'s':>9}{'ratio':>8}  baseline")
     for name, seconds, ratio, baseline in rows:
         print(f"{name:<36}{seconds:>9.3f}{'' if ratio is None else f'{ratio:.2f}':>8}  {baseline}")
