@@ -182,6 +182,20 @@ def test_the_rayservice_manifest_serves_the_app_on_a_token_auth_cluster() -> Non
     check_pod_storage(service["spec"]["rayClusterConfig"], config.model.name_or_path, head_keeps_runs=False)
 
 
+def test_both_serve_configs_start_serve_in_the_mode_fieldkit_serve_uses() -> None:
+    """deploy/serve.yaml and the RayService give the Serve controller the environment `fieldkit serve` gives it
+    (HAProxy in front of each replica's own HTTP server), in a form Serve's own schema accepts."""
+    from ray.serve.schema import ServeDeploySchema
+
+    from services.serve.launch import SERVE_ENV
+
+    service = load(REPO / "deploy" / "kuberay" / "rayservice.yaml")
+    for config in (load(REPO / "deploy" / "serve.yaml"), yaml.safe_load(service["spec"]["serveConfigV2"])):
+        schema = ServeDeploySchema.model_validate(config)
+        assert schema.controller_options is not None and schema.controller_options.runtime_env is not None
+        assert schema.controller_options.runtime_env["env_vars"] == SERVE_ENV
+
+
 def leaves(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     found: dict[str, Any] = {}
     for key, value in data.items():

@@ -90,6 +90,16 @@ def test_models_lists_the_base_and_the_adapter(endpoint, client: openai.OpenAI) 
     assert models["tiny"].model_extra["max_model_len"] == MAX_MODEL_LEN
 
 
+def test_haproxy_serves_the_port_in_front_of_the_replica(endpoint) -> None:
+    """Serve's high-throughput mode is on (services.serve.launch.SERVE_ENV): HAProxy, not Serve's Python proxy,
+    listens on serve.port and forwards each request to the replica's own HTTP server."""
+    import psutil
+
+    port = endpoint["config"].serve.port
+    listening = [c for c in psutil.net_connections("tcp") if c.status == psutil.CONN_LISTEN and c.laddr.port == port]
+    assert listening and {psutil.Process(c.pid).name() for c in listening} == {"haproxy"}
+
+
 def test_chat_answers_with_usage_counted_in_tokens(client: openai.OpenAI, tokenizer) -> None:
     from fieldkit.chat_tokens import render
 
