@@ -1,8 +1,9 @@
 """What the OpenAI-compatible endpoint costs on top of the engine: the same chat requests sent through the official
-`openai` client to the Serve application, and straight to the replica's PolicyServer actor (the baseline, measured
-in the same run on the same engine). One request at a time, then 50 at once (plain and streamed), and one streamed
-64-token reply: how many chunks it arrives in and when the first comes. 50 streams are compared with 50 whole
-replies from the actor, and with 50 streams read from the actor as a replica reads them (the endpoint's own cost).
+`openai` client to the Serve application (whose replica holds its engine in its own process), and straight to a
+PolicyServer actor on the same config, the one rollouts call (the baseline, measured in the same run). One request
+at a time, then 50 at once (plain and streamed), and one streamed 64-token reply: how many chunks it arrives in and
+when the first comes. 50 streams are compared with 50 whole replies from the actor, and with 50 streams read from
+the actor (its Ray streaming generator).
 
 Streamed replies are relayed as the engine samples them, so time to first token is far below the whole reply's.
 """
@@ -53,17 +54,17 @@ async def _direct(policy: Any, i: int) -> tuple[float, float, int]:
     return total, total, len(result.token_ids)
 
 
-async def _direct_stream(mux: Any, i: int, window_s: float) -> tuple[float, float, int]:
-    """(first token s, total s, tokens) of one streamed reply read straight from the actor, the way a replica
-    reads it (one StreamMux), without HTTP."""
+async def _direct_stream(policy: Any, i: int, window_s: float) -> tuple[float, float, int]:
+    """(first token s, total s, tokens) of one streamed reply read straight from the actor (a Ray streaming
+    generator), without HTTP."""
     from fieldkit.generation import ChatMessage, GenerateRequest
 
     messages = [ChatMessage.model_validate(m) for m in _messages(i)]
     request = GenerateRequest(messages=messages, max_tokens=MAX_TOKENS, temperature=0.0, seed=i)
     started = time.perf_counter()
-    (stream,) = await mux.open([request], window_s)
     first, tokens = None, 0
-    async for piece in stream.pieces():
+    async for ref in policy.generate_stream.remote(request, window_s):
+        piece = await ref
         if first is None and piece.token_ids:
             first = time.perf_counter() - started
         tokens += len(piece.token_ids)
@@ -115,18 +116,15 @@ async def _measure(policy: Any, base_url: str, window_s: float) -> dict[str, flo
     are pooled over the rounds, throughput is tokens over summed wall time."""
     import openai
 
-    from services.serve.stream import StreamMux
-
     # the SDK's aiohttp transport: what a client sending many requests at once would pick, and its CPU shares these
     # cores with the endpoint
     client = openai.AsyncOpenAI(
         base_url=base_url, api_key="unused", max_retries=0, timeout=600, http_client=openai.DefaultAioHttpClient()
     )
-    mux = StreamMux(policy)
     kinds = {
         "direct": lambda: asyncio.gather(*(_direct(policy, i) for i in range(CONCURRENT))),
         "plain": lambda: asyncio.gather(*(_endpoint(client, i, False) for i in range(CONCURRENT))),
-        "direct_stream": lambda: asyncio.gather(*(_direct_stream(mux, i, window_s) for i in range(CONCURRENT))),
+        "direct_stream": lambda: asyncio.gather(*(_direct_stream(policy, i, window_s) for i in range(CONCURRENT))),
         "stream": lambda: asyncio.gather(*(_endpoint(client, i, True) for i in range(CONCURRENT))),
     }
     try:
@@ -196,8 +194,8 @@ def main(engine: str = "vllm") -> dict[str, float]:
     from ray import serve
 
     from fieldkit.config import RunConfig
+    from services.policy import start_policy_server
     from services.serve import start_endpoint
-    from services.serve.app import POLICY_ACTOR_PREFIX
 
     with tempfile.TemporaryDirectory() as tmp:
         config = RunConfig.model_validate(
@@ -212,9 +210,7 @@ def main(engine: str = "vllm") -> dict[str, float]:
             started = time.perf_counter()
             endpoint = start_endpoint(config)
             start_s = time.perf_counter() - started
-            named = ray.util.list_named_actors(all_namespaces=True)
-            (found,) = [a for a in named if a["name"].startswith(POLICY_ACTOR_PREFIX)]
-            policy = ray.get_actor(found["name"], namespace=found["namespace"])
+            policy = start_policy_server(config)
             figures = asyncio.run(_measure(policy, endpoint.base_url, config.serve.stream_window_s))
         finally:
             serve.shutdown()

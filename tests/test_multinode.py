@@ -147,7 +147,7 @@ def test_the_endpoint_serves_the_runs_best_and_publishes_a_version_from_storage(
 
     from fieldkit.config import RunConfig
     from services.serve import AdapterSource, start_endpoint
-    from services.serve.app import POLICY_ACTOR_PREFIX
+    from services.serve.app import DEPLOYMENT
     from services.serve.launch import config_from_runs
 
     best = f"{cluster['storage']}/multi/best"
@@ -171,9 +171,8 @@ def test_the_endpoint_serves_the_runs_best_and_publishes_a_version_from_storage(
         client = openai.OpenAI(base_url=endpoint.base_url, api_key="unused", max_retries=0, timeout=120)
         reply = client.chat.completions.create(model=served, messages=[{"role": "user", "content": "ls"}], max_tokens=4)
         assert reply.model == served and reply.usage.completion_tokens >= 1
-        named = ray.util.list_named_actors(all_namespaces=True)
-        (found,) = [a for a in named if a["name"].startswith(POLICY_ACTOR_PREFIX + "multi-serve")]
-        loaded = ray.get(ray.get_actor(found["name"], namespace=found["namespace"]).adapters.remote())
+        replica = serve.get_deployment_handle(DEPLOYMENT, "multi-serve")
+        loaded = replica.loaded_adapters.remote().result(timeout_s=60)
         assert [(a.name, a.probe is not None and a.probe.passed) for a in loaded] == [(served, True)]
 
         def publish(body: dict) -> httpx.Response:

@@ -14,6 +14,7 @@ import json
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -362,13 +363,15 @@ def test_a_burst_of_500_short_requests_completes_without_error(endpoint) -> None
 
 
 def test_a_client_that_leaves_mid_stream_frees_its_engine_slot(endpoint) -> None:
-    import ray
+    from ray import serve
 
-    from services.serve.app import POLICY_ACTOR_PREFIX
+    from services.serve.app import DEPLOYMENT
 
-    named = ray.util.list_named_actors(all_namespaces=True)
-    (found,) = [a for a in named if a["name"].startswith(POLICY_ACTOR_PREFIX + "fieldkit-test")]
-    policy = ray.get_actor(found["name"], namespace=found["namespace"])
+    replica = serve.get_deployment_handle(DEPLOYMENT, endpoint["config"].serve.app_name)
+
+    def policy_health() -> Any:
+        return replica.policy_health.remote().result(timeout_s=60)
+
     headers = {"Authorization": f"Bearer {API_KEY}"}
     body = {"model": "tiny", "prompt": [1, 5, 9], "max_tokens": MAX_MODEL_LEN - 8}
     # A random model can sample its end token early, and where depends on the CPU's arithmetic: take a seed whose
@@ -381,15 +384,15 @@ def test_a_client_that_leaves_mid_stream_frees_its_engine_slot(endpoint) -> None
         ).json()["choices"][0]["finish_reason"]
         == "length"
     )
-    before = ray.get(policy.health.remote()).streams_cancelled
+    before = policy_health().streams_cancelled
     with httpx.stream(
         "POST", endpoint["info"].base_url + "/completions", json={**body, "stream": True}, headers=headers, timeout=120
     ) as r:
         lines = r.iter_lines()
         assert next(line for line in lines if line.startswith("data: "))  # generating now
-        assert ray.get(policy.health.remote()).engine_requests == 1
+        assert policy_health().engine_requests == 1
     deadline = time.monotonic() + 30  # the connection is closed: the engine drops the request
-    while (health := ray.get(policy.health.remote())).engine_requests or health.requests_in_flight:
+    while (health := policy_health()).engine_requests or health.requests_in_flight:
         assert time.monotonic() < deadline, health
         time.sleep(0.1)
     assert health.streams_cancelled == before + 1

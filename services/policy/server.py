@@ -1,4 +1,5 @@
-"""PolicyServer: the Ray actor that serves the policy — base model plus verified, hot-loaded LoRA versions.
+"""The policy — base model plus verified, hot-loaded LoRA versions — as a Ray actor (PolicyServer), what rollouts
+and the learner call, or in a serve replica's own process (services.serve.app: one Ray hop less per request).
 
 Async: many generate/score calls in flight at once (the engine batches them); adapter loads are serialised among
 themselves but never pause generation. A new adapter version is loaded under a new engine LoRA id, its probe is
@@ -15,10 +16,10 @@ they asked for, never the base by mistake.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -46,7 +47,7 @@ from services.policy.adapters import AdapterRegistry, ServingVersion, inspect_ad
 from services.policy.engine import create_engine
 from services.policy.engine_start import EngineStartError
 from services.policy.stats import ServerStats
-from services.policy.stream import Outbox, coalesce
+from services.policy.stream import coalesce
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +63,9 @@ GAUGE_PERIOD_S = 2.0
 MAX_RESTARTS = 3  # a server that dies at every start (a model that no longer fits) must not restart forever
 
 
-@ray.remote(num_cpus=1, max_restarts=MAX_RESTARTS, max_task_retries=-1)
-class PolicyServer:
+class Policy:
+    """The engine, its adapter versions and load figures; every method is safe to call concurrently."""
+
     def __init__(
         self, model_dir: str, model: ModelConfig, lora: LoraConfig, gpu_fraction: float = 0.0,
         record_dir: str | None = None, node_cache: str | None = None,
@@ -82,8 +84,6 @@ class PolicyServer:
         self._gauges = _Gauges()
         self._exporter: asyncio.Task[None] | None = None
         self._base_probe: dict[tuple[int, ...], list[float]] = {}  # the base never changes: score each probe once
-        self._outboxes: dict[str, Outbox] = {}  # per stream reader: pieces not yet read (open_streams)
-        self._streams: dict[str, asyncio.Task[None]] = {}  # stream id -> its generation, while it runs
         context = ray.get_runtime_context()
         self._node_cache = node_cache  # where adapters from an object store are downloaded (fieldkit.storage)
         # What this actor serves, kept across its restarts (the actor id survives them; a new server starts clean),
@@ -135,81 +135,33 @@ class PolicyServer:
             update={"adapter": request.adapter, "adapter_version": version.info.version if version else BASE_VERSION}
         )
 
-    async def open_streams(self, reader: str, streams: dict[str, GenerateRequest], window_s: float = 0.0) -> None:
-        """Start streamed generations (stream id -> request) whose pieces `read_streams(reader)` hands out: the
-        tokens sampled within `window_s` of each other as one piece (services.policy.stream), joining to what
-        `generate` returns. Raises what `generate` raises for a bad request before any stream starts."""
-        await self._ready()
-        prompts = {sid: self._prompt(request) for sid, request in streams.items()}
-        versions: dict[str, ServingVersion | None] = {}
-        try:
-            for sid, request in streams.items():
-                versions[sid] = self._registry.acquire(request.adapter) if request.adapter else None
-        except BaseException:
-            for version in versions.values():
-                if version:
-                    await self._release(version)
-            raise
-        box = self._outboxes.setdefault(reader, Outbox())
-        for sid, request in streams.items():
-            prompt_ids, max_tokens = prompts[sid]
-            run = self._stream(box, sid, request, prompt_ids, max_tokens, versions[sid], window_s)
-            self._streams[sid] = asyncio.create_task(run)
-
-    async def read_streams(self, reader: str, timeout_s: float = 5.0) -> list[tuple[str, GenerateDelta | Exception]]:
-        """Every piece of `reader`'s streams produced since its last read, once there is one ([] after `timeout_s`).
-        A stream ends with a piece that has a finish_reason, or with an exception."""
-        return await self._outboxes.setdefault(reader, Outbox()).take(timeout_s)
-
-    async def cancel_streams(self, stream_ids: list[str]) -> None:
-        """Stop these streams (their reader went away): the engine drops the requests and frees their places."""
-        for sid in stream_ids:
-            task = self._streams.get(sid)
-            if task is not None:
-                task.cancel()
-
     async def generate_stream(self, request: GenerateRequest, window_s: float = 0.0) -> AsyncIterator[GenerateDelta]:
-        """One streamed reply as a Ray streaming generator (the same streams as `open_streams`, read one by one)."""
-        reader = sid = f"generator-{uuid.uuid4().hex}"
-        await self.open_streams(reader, {sid: request}, window_s)
-        try:
-            while True:
-                for _, item in await self.read_streams(reader, 60.0):
-                    if isinstance(item, Exception):
-                        raise item
-                    yield item
-                    if item.finish_reason is not None:
-                        return
-        finally:
-            await self.cancel_streams([sid])
-            self._outboxes.pop(reader, None)
-
-    async def _stream(
-        self,
-        box: Outbox,
-        sid: str,
-        request: GenerateRequest,
-        prompt_ids: list[int],
-        max_tokens: int,
-        version: ServingVersion | None,
-        window_s: float,
-    ) -> None:
+        """One reply as it is sampled, in pieces that join to what `generate` returns: the tokens sampled within
+        `window_s` of each other travel as one (services.policy.stream). A Ray streaming generator on the actor, an
+        async generator in a serve replica. A bad request raises what `generate` raises, before the first piece;
+        closing or cancelling the stream stops the request in the engine and frees its place."""
+        await self._ready()
+        prompt_ids, max_tokens = self._prompt(request)
+        version = self._registry.acquire(request.adapter) if request.adapter else None
         self._stats.started()
         tokens = 0
         finished = False
         try:
-            pieces = self._engine.stream(prompt_ids, request, max_tokens, version.lora if version else None)
-            async for piece in coalesce(pieces, window_s):
-                tokens += len(piece.token_ids)
-                finished = piece.finish_reason is not None
-                box.put(sid, piece)
-        except Exception as exc:  # the reader raises it; an engine's own exception may not survive pickling
-            box.put(sid, exc if isinstance(exc, PolicyError) else RuntimeError(f"{type(exc).__name__}: {exc}"))
+            engine_pieces = self._engine.stream(prompt_ids, request, max_tokens, version.lora if version else None)
+            # closed here, not when collected: a stream closed while waiting at `yield` stops the engine at once
+            async with contextlib.aclosing(coalesce(engine_pieces, window_s)) as pieces:
+                async for piece in pieces:
+                    tokens += len(piece.token_ids)
+                    finished = piece.finish_reason is not None
+                    yield piece
+        except PolicyError:
+            raise
+        except Exception as exc:  # an engine's own exception may not survive pickling to the caller
+            raise RuntimeError(f"{type(exc).__name__}: {exc}") from None
         finally:
             if not finished:
                 self._stats.cancelled += 1
             self._stats.finished(tokens)
-            self._streams.pop(sid, None)
             if version:
                 await self._release(version)
 
@@ -404,24 +356,35 @@ class _Gauges:
         )
 
 
+# The actor rollouts and the learner call; GPU share, environment and node come from policy_options.
+PolicyServer = ray.remote(max_restarts=MAX_RESTARTS, max_task_retries=-1)(Policy)
+
+
+def policy_options(config: RunConfig) -> dict[str, Any]:
+    """Ray options of the process that holds `config`'s policy engine (the PolicyServer actor, or a serve replica):
+    one CPU, the GPU share, the engine's environment, the node placement."""
+    gpu_fraction = config.resources.engine_gpu_fraction if config.resources.num_gpus > 0 else 0.0
+    env = {**ENGINE_ENV, **{k: os.environ[k] for k in (ALLOW_BF16_LORA_ENV,) if k in os.environ}}
+    return {
+        "num_cpus": 1,
+        "num_gpus": gpu_fraction,
+        "runtime_env": {"env_vars": env},
+        "resources": config.resources.placement.get("policy", {}),
+    }
+
+
 def start_policy_server(config: RunConfig, *, name: str | None = None) -> Any:
     """Create the PolicyServer actor for `config` (GPU share from resources), start its engine, return the handle."""
     from fieldkit.training.lora_model import resolve_model_path
 
     model_dir = resolve_model_path(config.model, config.paths.models_dir)
-    gpu_fraction = config.resources.engine_gpu_fraction if config.resources.num_gpus > 0 else 0.0
-    env = {**ENGINE_ENV, **{k: os.environ[k] for k in (ALLOW_BF16_LORA_ENV,) if k in os.environ}}
+    options = policy_options(config)
     records = Storage(config.storage_root).uri(f"{config.run_name}/policy")
-    server = PolicyServer.options(  # type: ignore[attr-defined]
-        name=name,
-        num_gpus=gpu_fraction,
-        runtime_env={"env_vars": env},
-        resources=config.resources.placement.get("policy"),
-    ).remote(
+    server = PolicyServer.options(name=name, **options).remote(  # type: ignore[attr-defined]
         model_dir,
         config.model,
         config.lora,
-        gpu_fraction,
+        options["num_gpus"],
         records,
         config.paths.node_cache and str(config.paths.node_cache),
     )

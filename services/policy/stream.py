@@ -66,25 +66,3 @@ async def coalesce(pieces: AsyncIterator[GenerateDelta], window_s: float) -> Asy
 
 def _ends(item: object) -> bool:
     return item is _END or isinstance(item, Exception)
-
-
-class Outbox:
-    """Pieces of many streams waiting for their one reader, handed out together: a reader fetches every ready
-    piece of all its streams in one call, so 50 streams cost one Ray message per read, not one per piece."""
-
-    def __init__(self) -> None:
-        self._items: list[tuple[str, GenerateDelta | Exception]] = []
-        self._ready = asyncio.Event()
-
-    def put(self, stream_id: str, item: GenerateDelta | Exception) -> None:
-        self._items.append((stream_id, item))
-        self._ready.set()
-
-    async def take(self, timeout_s: float) -> list[tuple[str, GenerateDelta | Exception]]:
-        """Everything waiting, once something is (or [] after `timeout_s`)."""
-        if not self._items:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._ready.wait(), timeout_s)
-        items, self._items = self._items, []
-        self._ready.clear()
-        return items

@@ -1,7 +1,9 @@
 """The OpenAI-compatible Ray Serve application over the policy server.
 
-Each replica of the ingress deployment owns one PolicyServer actor (services.policy): the engine, adapter registry,
-probe verification and load gauges that serve training rollouts serve users here too. The replica speaks the
+Each replica of the ingress deployment holds one Policy in its own process (services.policy.server, the class the
+PolicyServer actor of training rollouts runs): the same engine, adapter registry, probe verification and load
+gauges, without a Ray call between the HTTP route and the engine. The replica takes the policy's resources (one
+CPU, its GPU share, the engine's environment, its node: `policy_options`). The replica speaks the
 OpenAI wire format (services.serve.schema / translate), checks the Bearer key, and maps the policy server's errors
 to OpenAI's statuses. `model` is the base model's id or an adapter name; an adapter name serves its newest
 verified version.
@@ -36,6 +38,7 @@ from fieldkit.generation import (
     GenerateResult,
     LoadedAdapter,
     PolicyError,
+    PolicyHealth,
     PromptTooLongError,
     UnknownAdapterError,
 )
@@ -62,14 +65,11 @@ from services.serve.errors import (
 )
 from services.serve.keys import check_admin, check_bearer
 from services.serve.schema import ChatCompletionRequest, CompletionRequest, PublishRequest, TokenizeRequest
-from services.serve.stream import PolicyStream, StreamMux, sse_response
+from services.serve.stream import ChoiceStream, open_streams, sse_response
 
 log = logging.getLogger(__name__)
 
 DEPLOYMENT = "OpenAIServer"
-# Each replica's PolicyServer is named after its app and replica, so the dashboard shows which is which and a
-# benchmark can reach the engine behind the HTTP layer.
-POLICY_ACTOR_PREFIX = "fieldkit-serve-policy:"
 Authorization = Annotated[str | None, Header()]
 
 
@@ -115,13 +115,13 @@ install_error_handlers(api)
 
 # max_constructor_retry_count=1: a replica whose start fails (an adapter the probe refuses, an engine that cannot
 # start) fails the deployment with that error at once, instead of Serve starting a new engine 20 times over.
-@serve.deployment(
-    name=DEPLOYMENT, max_ongoing_requests=128, max_constructor_retry_count=1, ray_actor_options={"num_cpus": 0.25}
-)
+# Its ray_actor_options are the policy's (services.serve.launch.build_application).
+@serve.deployment(name=DEPLOYMENT, max_ongoing_requests=128, max_constructor_retry_count=1)
 @serve.ingress(api)
 class OpenAIServer:
     async def __init__(self, settings: ServeSettings) -> None:  # type: ignore[misc]  # Serve awaits it
-        from services.policy import start_policy_server
+        from fieldkit.training.lora_model import resolve_model_path
+        from services.policy.server import Policy
 
         self._base = settings.base_name
         self._api_key = settings.api_key
@@ -130,20 +130,24 @@ class OpenAIServer:
         self._window_s = settings.config.serve.stream_window_s
         self._created = int(time.time())
         self._published = PublishedAdapters(Path(settings.published_dir))
-        context = serve.get_replica_context()
-        name = f"{POLICY_ACTOR_PREFIX}{context.app_name}:{context.replica_id.unique_id}"
-        self._policy = await asyncio.to_thread(start_policy_server, settings.config, name=name)
-        self._mux = StreamMux(self._policy)
-        health = await self._policy.health.remote()
-        self._max_model_len = health.max_model_len
-        self._engine = health.engine
-        self._model_dir = await asyncio.to_thread(local_model_dir, settings.config)  # for the tokenizer and probes
-        self._tokenizer = await asyncio.to_thread(_load_tokenizer, self._model_dir)
+        config = settings.config
+        self._policy = Policy(
+            resolve_model_path(config.model, config.paths.models_dir),
+            config.model,
+            config.lora,
+            config.resources.engine_gpu_fraction if config.resources.num_gpus > 0 else 0.0,
+            node_cache=config.paths.node_cache and str(config.paths.node_cache),
+        )
         try:
+            health = await self._policy.start()
+            self._max_model_len = health.max_model_len
+            self._engine = health.engine
+            self._model_dir = await asyncio.to_thread(local_model_dir, config)  # for the tokenizer and probes
+            self._tokenizer = await asyncio.to_thread(_load_tokenizer, self._model_dir)
             for ref in _newest_per_name([*settings.adapters, *self._published.refs()]):
                 await self.load_adapter(ref)
         except BaseException:
-            await self._policy.shutdown.remote()  # a replica that fails to start leaves no engine behind
+            await self._policy.shutdown()  # a replica that fails to start leaves no engine behind
             raise
 
     # -- control plane (Serve handle methods) ------------------------------------------------------------------
@@ -153,7 +157,7 @@ class OpenAIServer:
         if ref.name == self._base:
             raise AdapterRejectedError(f"adapter name {ref.name!r} is the base model's id; choose another name")
         try:
-            return await self._policy.load_adapter.remote(ref)
+            return await self._policy.load_adapter(ref)
         except AdapterRejectedError as exc:
             raise AdapterRejectedError(str(cause_of(exc))) from None
 
@@ -171,12 +175,20 @@ class OpenAIServer:
         return list(results)
 
     async def check_health(self) -> None:
-        health = await self._policy.health.remote()
+        health = await self._policy.health()
         if not health.ok:
             raise RuntimeError(f"policy engine unhealthy: {health.error}")
 
+    async def policy_health(self) -> PolicyHealth:
+        """This replica's engine: requests running and cancelled, load figures, the newest version of each adapter."""
+        return await self._policy.health()
+
+    async def loaded_adapters(self) -> list[LoadedAdapter]:
+        """Every adapter version this replica's engine serves, with its probe check."""
+        return await self._policy.adapters()
+
     async def __del__(self) -> None:
-        await self._policy.shutdown.remote()
+        await self._policy.shutdown()
 
     # -- HTTP ----------------------------------------------------------------------------------------------------
 
@@ -293,7 +305,7 @@ class OpenAIServer:
 
     async def _model_cards(self) -> list[dict[str, Any]]:
         newest: dict[str, int] = {}
-        for loaded in await self._policy.adapters.remote():
+        for loaded in await self._policy.adapters():
             newest[loaded.name] = max(loaded.version, newest.get(loaded.name, -1))
         common = {"object": "model", "created": self._created, "owned_by": "fieldkit"}
         cards = [{"id": self._base, **common, "root": self._base, "parent": None, "max_model_len": self._max_model_len}]
@@ -312,14 +324,14 @@ class OpenAIServer:
 
     async def _generate(self, requests: list[GenerateRequest], model: str, prompt_param: str) -> list[GenerateResult]:
         try:
-            return list(await asyncio.gather(*(self._policy.generate.remote(r) for r in requests)))
+            return list(await asyncio.gather(*(self._policy.generate(r) for r in requests)))
         except Exception as exc:
             raise await self._refusal(exc, model, prompt_param) from None
 
-    async def _open_streams(self, requests: list[GenerateRequest], model: str, prompt_param: str) -> list[PolicyStream]:
+    async def _open_streams(self, requests: list[GenerateRequest], model: str, prompt_param: str) -> list[ChoiceStream]:
         """Every choice's stream, started at once, each with its first piece read (so a refusal is an error status)."""
         try:
-            return await self._mux.open(requests, self._window_s)
+            return await open_streams(self._policy, requests, self._window_s)
         except Exception as exc:
             raise await self._refusal(exc, model, prompt_param) from None
 

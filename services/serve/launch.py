@@ -174,8 +174,12 @@ def serve_settings(config: RunConfig, adapters: Sequence[AdapterSource] = ()) ->
 
 
 def build_application(settings: ServeSettings) -> Any:
-    """The Serve application (not yet running) for `settings`."""
-    return OpenAIServer.bind(settings)  # type: ignore[attr-defined]  # the decorators make it a Deployment
+    """The Serve application (not yet running) for `settings`; each replica holds a policy engine, so it takes the
+    policy's resources."""
+    from services.policy.server import policy_options
+
+    options = policy_options(settings.config)
+    return OpenAIServer.options(ray_actor_options=options).bind(settings)  # type: ignore[attr-defined]
 
 
 class AdapterArg(BaseModel):
