@@ -356,8 +356,10 @@ class _Gauges:
         )
 
 
-# The actor rollouts and the learner call; GPU share, environment and node come from policy_options.
-PolicyServer = ray.remote(max_restarts=MAX_RESTARTS, max_task_retries=-1)(Policy)
+@ray.remote(max_restarts=MAX_RESTARTS, max_task_retries=-1)
+class PolicyServer(Policy):
+    """The policy as the Ray actor rollouts and the learner call (its resources: policy_options); named apart from
+    Policy so that Ray, its dashboard and ours list it as PolicyServer."""
 
 
 def policy_options(config: RunConfig) -> dict[str, Any]:
