@@ -3,7 +3,8 @@
 PolicyServer actor on the same config, the one rollouts call (the baseline, measured in the same run). One request
 at a time, then 50 at once (plain and streamed), and one streamed 64-token reply: how many chunks it arrives in and
 when the first comes. 50 streams are compared with 50 whole replies from the actor, and with 50 streams read from
-the actor (its Ray streaming generator).
+the actor (its Ray streaming generator). Each burst kind's CPU time is split by process (this client, the server
+holding the engine, the engine core, the rest of the box), since client and server share the same cores.
 
 Streamed replies are relayed as the engine samples them, so time to first token is far below the whole reply's.
 """
@@ -25,6 +26,7 @@ CONCURRENT = 50
 ROUNDS = 5
 MAX_TOKENS = 16
 LONG_TOKENS = 64
+ROLES = ("client", "server", "engine", "other")
 
 
 def _free_port() -> int:
@@ -104,6 +106,36 @@ async def _long_stream(client: Any) -> tuple[int, float, float, int]:
     return len(arrivals), arrivals[0], time.perf_counter() - started, tokens
 
 
+def _cpu_snapshot() -> dict[int, tuple[str, float]]:
+    """Every process's (role, CPU seconds so far): this process is the client, vLLM's engine core the engine, the
+    Serve replica or PolicyServer actor (HTTP or Ray, and the engine's Python side) the server."""
+    import psutil
+
+    snapshot = {}
+    for process in psutil.process_iter(["name", "cmdline"]):
+        try:
+            times = process.cpu_times()
+        except psutil.Error:
+            continue
+        title = " ".join(process.info["cmdline"] or [process.info["name"] or ""])
+        role = "other"
+        if process.pid == os.getpid():
+            role = "client"
+        elif "EngineCore" in title:
+            role = "engine"
+        elif "ServeReplica" in title or "PolicyServer" in title:
+            role = "server"
+        snapshot[process.pid] = (role, times.user + times.system)
+    return snapshot
+
+
+def _cpu_since(before: dict[int, tuple[str, float]]) -> dict[str, float]:
+    spent = dict.fromkeys(ROLES, 0.0)
+    for pid, (role, seconds) in _cpu_snapshot().items():
+        spent[role] += seconds - before.get(pid, (role, 0.0))[1]
+    return spent
+
+
 async def _timed(burst: Any) -> tuple[list[tuple[float, float, int]], float]:
     """The per-request (first token s, total s, tokens) of one burst, and its wall time."""
     started = time.perf_counter()
@@ -136,9 +168,13 @@ async def _measure(policy: Any, base_url: str, window_s: float) -> dict[str, flo
             endpoint_seq.append((await _endpoint(client, i, stream=False))[1])
         runs: dict[str, list[tuple[float, float, int]]] = {kind: [] for kind in kinds}
         walls = dict.fromkeys(kinds, 0.0)
+        cpu = {kind: dict.fromkeys(ROLES, 0.0) for kind in kinds}
         for _ in range(ROUNDS):
             for kind, burst in kinds.items():
+                before = _cpu_snapshot()
                 results, wall = await _timed(burst())
+                for role, seconds in _cpu_since(before).items():
+                    cpu[kind][role] += seconds
                 runs[kind] += results
                 walls[kind] += wall
         await _long_stream(client)  # warm
@@ -155,7 +191,12 @@ async def _measure(policy: Any, base_url: str, window_s: float) -> dict[str, flo
     def rate(kind: str) -> float:
         return sum(n for _, _, n in runs[kind]) / walls[kind]
 
-    return {
+    cpu_per_1k_tokens = {
+        f"cpu_{kind}_{role}_s_per_1k_tokens": 1000 * seconds / sum(n for _, _, n in runs[kind])
+        for kind, roles in cpu.items()
+        for role, seconds in roles.items()
+    }
+    return cpu_per_1k_tokens | {
         "direct_seq_p50_s": statistics.median(direct_seq),
         "endpoint_seq_p50_s": statistics.median(endpoint_seq),
         "seq_overhead_ratio": statistics.median(endpoint_seq) / statistics.median(direct_seq),
@@ -248,6 +289,11 @@ def main(engine: str = "vllm") -> dict[str, float]:
         f"first after {figures['stream_64_first_chunk_s']:.3f} s of {figures['stream_64_total_s']:.3f} s "
         f"({figures['stream_64_first_fraction']:.0%})"
     )
+    print(f"CPU seconds per 1000 tokens, by process: {'  '.join(f'{role:>6}' for role in ROLES)}")
+    bursts = {"direct": "whole replies, direct", "plain": "whole replies, endpoint", "direct_stream": "streams, direct"}
+    for kind, name in (bursts | {"stream": "streams, endpoint"}).items():
+        seconds = [figures[f"cpu_{kind}_{role}_s_per_1k_tokens"] for role in ROLES]
+        print(f"  {CONCURRENT} {name:<36}{'  '.join(f'{s:6.3f}' for s in seconds)}")
     return figures
 
 
