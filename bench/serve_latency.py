@@ -27,6 +27,12 @@ ROUNDS = 5
 MAX_TOKENS = 16
 LONG_TOKENS = 64
 ROLES = ("client", "server", "engine", "other")
+BURST_NAMES = {
+    "direct": "whole replies, direct",
+    "plain": "whole replies, endpoint",
+    "direct_stream": "streams, direct",
+    "stream": "streams, endpoint",
+}
 
 
 def _free_port() -> int:
@@ -290,8 +296,7 @@ def main(engine: str = "vllm") -> dict[str, float]:
         f"({figures['stream_64_first_fraction']:.0%})"
     )
     print(f"CPU seconds per 1000 tokens, by process: {'  '.join(f'{role:>6}' for role in ROLES)}")
-    bursts = {"direct": "whole replies, direct", "plain": "whole replies, endpoint", "direct_stream": "streams, direct"}
-    for kind, name in (bursts | {"stream": "streams, endpoint"}).items():
+    for kind, name in BURST_NAMES.items():
         seconds = [figures[f"cpu_{kind}_{role}_s_per_1k_tokens"] for role in ROLES]
         print(f"  {CONCURRENT} {name:<36}{'  '.join(f'{s:6.3f}' for s in seconds)}")
     return figures
